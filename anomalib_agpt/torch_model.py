@@ -1,0 +1,181 @@
+"""AnomalyGPT's tensor path: image -> encoder (once) -> zero-/few-shot map -> score."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components.base import DynamicBufferMixin
+from torch.nn import functional as F  # noqa: N812
+
+from . import checkpoints as ckpt
+from .anomaly_maps import (
+    AnomalyDecoder,
+    few_shot_map,
+    few_shot_similarity,
+    normalise_memory,
+    zero_shot_logits,
+    zero_shot_map,
+)
+from .encoder import NUM_TAPS, ImageBindTextEncoder, ImageBindVisionEncoder, VisionFeatures, build_encoders
+from .prompting import DEFAULT_CLASS_NAME, prompt_sentences
+
+logger = logging.getLogger(__name__)
+
+FewShotMode = Literal["replace", "fuse"]
+
+
+class AnomalyGPTModel(DynamicBufferMixin):
+    """Encoder, decoder, class text features and reference memory; ``forward`` -> ``InferenceBatch``.
+
+    Text features and the (normalised) reference memory are buffers, so Lightning checkpoints and
+    exported models carry them and queries never recompute them.
+    """
+
+    def __init__(
+        self,
+        vision_encoder: ImageBindVisionEncoder,
+        text_encoder: ImageBindTextEncoder,
+        decoder: AnomalyDecoder,
+        few_shot_mode: FewShotMode = "replace",
+    ) -> None:
+        super().__init__()
+        self.vision_encoder = vision_encoder
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.few_shot_mode = few_shot_mode
+        width = vision_encoder.visual.conv1.weight.shape[0]
+        embed_dim = decoder.fc[0].weight.shape[0]
+        self.register_buffer("text_features", torch.zeros(2, embed_dim))
+        self.register_buffer("reference_memory", torch.zeros(NUM_TAPS, 0, width))
+        self.class_name: str | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Construction from the original files
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dicts(
+        cls,
+        imagebind: Mapping[str, torch.Tensor],
+        anomalygpt: Mapping[str, torch.Tensor],
+        vision_heads: int = 16,
+        text_heads: int = 16,
+        few_shot_mode: FewShotMode = "replace",
+        sources: tuple[str, str] = ("<imagebind state dict>", "<anomalygpt state dict>"),
+    ) -> AnomalyGPTModel:
+        """Build from state dicts in the original formats (sizes read from their shapes)."""
+        imagebind_source, anomalygpt_source = sources
+        ckpt.expect_kind(imagebind, ckpt.IMAGEBIND, imagebind_source, "imagebind_checkpoint")
+        ckpt.expect_kind(anomalygpt, ckpt.ANOMALYGPT, anomalygpt_source, "anomalygpt_checkpoint")
+        sizes = ckpt.imagebind_sizes(imagebind, imagebind_source)
+        vision_state, text_state, logit_scale = ckpt.convert_imagebind(imagebind, imagebind_source)
+        vision, text = build_encoders(
+            sizes,
+            vision_state,
+            text_state,
+            logit_scale,
+            vision_heads,
+            text_heads,
+            imagebind_source,
+        )
+        decoder_state, _prompt_learner_state = ckpt.split_anomalygpt_delta(anomalygpt, anomalygpt_source)
+        num_layers, in_width, out_dim = ckpt.decoder_sizes(decoder_state, anomalygpt_source)
+        if (num_layers, in_width, out_dim) != (NUM_TAPS, sizes.vision_width, sizes.embed_dim):
+            msg = (
+                f"AnomalyGPT delta '{anomalygpt_source}' has a decoder of {num_layers} x Linear({in_width} -> "
+                f"{out_dim}); the ImageBind checkpoint '{imagebind_source}' needs {NUM_TAPS} x "
+                f"Linear({sizes.vision_width} -> {sizes.embed_dim}). Are the two files from the same model?"
+            )
+            raise ckpt.CheckpointError(msg)
+        decoder = AnomalyDecoder(num_layers, in_width, out_dim)
+        ckpt.load_strict(decoder, decoder_state, f"AnomalyGPT delta '{anomalygpt_source}' (image_decoder)")
+        decoder.requires_grad_(False)
+        return cls(vision, text, decoder, few_shot_mode=few_shot_mode)
+
+    @classmethod
+    def from_files(
+        cls,
+        imagebind_checkpoint: str | Path,
+        anomalygpt_checkpoint: str | Path,
+        vision_heads: int = 16,
+        text_heads: int = 16,
+        few_shot_mode: FewShotMode = "replace",
+    ) -> AnomalyGPTModel:
+        """Build from ``imagebind_huge.pth`` and an AnomalyGPT delta, memory-mapped."""
+        imagebind_path = ckpt.resolve_weight_path(imagebind_checkpoint, "imagebind_checkpoint")
+        anomalygpt_path = ckpt.resolve_weight_path(anomalygpt_checkpoint, "anomalygpt_checkpoint")
+        return cls.from_state_dicts(
+            ckpt.load_state_dict_file(imagebind_path, "imagebind_checkpoint"),
+            ckpt.load_state_dict_file(anomalygpt_path, "anomalygpt_checkpoint"),
+            vision_heads=vision_heads,
+            text_heads=text_heads,
+            few_shot_mode=few_shot_mode,
+            sources=(str(imagebind_path), str(anomalygpt_path)),
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Set-up: text features and references, computed once
+    # ----------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the encoder was trained for (224 for ImageBind-Huge)."""
+        return self.vision_encoder.image_size
+
+    @torch.no_grad()
+    def class_text_features(self, class_name: str) -> torch.Tensor:
+        """``(2, D)`` [normal, abnormal]: sentence embeddings averaged per group, renormalised."""
+        normal, abnormal = prompt_sentences(class_name)
+        embeddings = self.text_encoder.encode(normal + abnormal)
+        groups = (embeddings[: len(normal)], embeddings[len(normal) :])
+        return torch.stack([F.normalize(group.mean(dim=0), dim=-1) for group in groups])
+
+    def set_class_name(self, class_name: str | None) -> None:
+        """Compute and keep the text features for ``class_name`` (default ``object``), once."""
+        class_name = class_name or DEFAULT_CLASS_NAME
+        if class_name == self.class_name:
+            return
+        logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
+        self.text_features = self.class_text_features(class_name).to(self.text_features)
+        self.class_name = class_name
+
+    @torch.no_grad()
+    def set_references(self, images: torch.Tensor) -> None:
+        """Set the few-shot memory from pre-processed ``(k, 3, S, S)`` normal images (encoded once)."""
+        if images.ndim != 4 or images.shape[0] == 0:
+            msg = f"set_references needs a non-empty (k, 3, H, W) batch of normal images, got shape {tuple(images.shape)}"
+            raise ValueError(msg)
+        features = self.vision_encoder(images.to(self.reference_memory.device))
+        self.reference_memory = normalise_memory(features.patch_tokens).to(self.reference_memory.dtype)
+
+    @property
+    def num_reference_images(self) -> int:
+        """How many reference images the few-shot memory holds (0: zero-shot)."""
+        tokens_per_image = self.vision_encoder.grid_size**2
+        return self.reference_memory.shape[1] // tokens_per_image
+
+    # ----------------------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------------------
+    def anomaly_map(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """Final ``(B, 1, H, W)`` map from encoder features: zero-shot, few-shot, or their mean."""
+        has_references = self.reference_memory.shape[1] > 0
+        if has_references and self.few_shot_mode == "replace":
+            return few_shot_map(few_shot_similarity(features.patch_tokens, self.reference_memory), size)
+        logits = zero_shot_logits(self.decoder(features.patch_tokens), self.text_features)
+        zero_shot = zero_shot_map(logits, size)
+        if not has_references:
+            return zero_shot
+        few_shot = few_shot_map(few_shot_similarity(features.patch_tokens, self.reference_memory), size)
+        return (zero_shot + few_shot) / 2
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Pre-processed ``(B, 3, S, S)`` images -> ``InferenceBatch(pred_score, anomaly_map)``."""
+        features = self.vision_encoder(images)
+        anomaly_map = self.anomaly_map(features, (images.shape[-2], images.shape[-1]))
+        pred_score = anomaly_map.flatten(1).amax(dim=1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
