@@ -134,8 +134,11 @@ class AnomalyGPTModel(DynamicBufferMixin):
         return torch.stack([F.normalize(group.mean(dim=0), dim=-1) for group in groups])
 
     def set_class_name(self, class_name: str | None) -> None:
-        """Compute and keep the text features for ``class_name`` (default ``object``), once."""
-        class_name = class_name or DEFAULT_CLASS_NAME
+        """Compute and keep the text features for ``class_name``, once.
+
+        ``None`` keeps the current class (``object`` when there is none yet).
+        """
+        class_name = class_name or self.class_name or DEFAULT_CLASS_NAME
         if class_name == self.class_name:
             return
         logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
@@ -146,7 +149,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
     def set_references(self, images: torch.Tensor) -> None:
         """Set the few-shot memory from pre-processed ``(k, 3, S, S)`` normal images (encoded once)."""
         if images.ndim != 4 or images.shape[0] == 0:
-            msg = f"set_references needs a non-empty (k, 3, H, W) batch of normal images, got shape {tuple(images.shape)}"
+            msg = f"set_references needs a non-empty (k, 3, H, W) batch of normal images, got {tuple(images.shape)}"
             raise ValueError(msg)
         features = self.vision_encoder(images.to(self.reference_memory.device))
         self.reference_memory = normalise_memory(features.patch_tokens).to(self.reference_memory.dtype)

@@ -1,0 +1,292 @@
+"""AnomalyGPT as an anomalib model: processors, class name, references, lean checkpoints.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_agpt import AnomalyGPT
+    >>> model = AnomalyGPT(
+    ...     imagebind_checkpoint="imagebind_huge.pth",
+    ...     anomalygpt_checkpoint="train_supervised/pytorch_model.pt",
+    ...     k_shot=1,
+    ... )  # doctest: +SKIP
+    >>> Engine().test(model=model, datamodule=datamodule)  # doctest: +SKIP
+
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from torch import nn
+
+from .checkpoints import CheckpointError
+from .pre_processing import ResizeMode, build_pre_processor
+from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
+from .prompting import category_to_class_name
+from .references import list_reference_images, load_reference_images
+from .torch_model import AnomalyGPTModel, FewShotMode
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 224
+Preset = Literal["random-small"]
+
+__all__ = ["AnomalyGPT"]
+
+
+def build_torch_model(
+    imagebind_checkpoint: str | Path | None,
+    anomalygpt_checkpoint: str | Path | None,
+    vision_heads: int,
+    text_heads: int,
+    few_shot_mode: FewShotMode,
+    preset: Preset | None,
+    seed: int,
+) -> AnomalyGPTModel:
+    """The tensor model from weight files, or from a random preset when explicitly asked for."""
+    if preset is not None:
+        if imagebind_checkpoint or anomalygpt_checkpoint:
+            msg = "pass either preset or weight paths (imagebind_checkpoint, anomalygpt_checkpoint), not both."
+            raise ValueError(msg)
+        sizes = preset_sizes(preset)
+        logger.warning("AnomalyGPT preset '%s': RANDOM weights; its numbers mean nothing for real data.", preset)
+        return AnomalyGPTModel.from_state_dicts(
+            random_imagebind_state_dict(sizes, seed),
+            random_anomalygpt_delta(sizes, seed),
+            vision_heads=sizes.vision_heads,
+            text_heads=sizes.text_heads,
+            few_shot_mode=few_shot_mode,
+            sources=(f"preset {preset} (ImageBind part)", f"preset {preset} (AnomalyGPT part)"),
+        )
+    if not imagebind_checkpoint or not anomalygpt_checkpoint:
+        missing = [
+            name
+            for name, value in (
+                ("imagebind_checkpoint", imagebind_checkpoint),
+                ("anomalygpt_checkpoint", anomalygpt_checkpoint),
+            )
+            if not value
+        ]
+        msg = (
+            f"AnomalyGPT needs weights: {', '.join(missing)} not given. Pass imagebind_checkpoint="
+            "<imagebind_huge.pth> and anomalygpt_checkpoint=<train_mvtec|train_visa|train_supervised/"
+            "pytorch_model.pt> (local paths; see the README), or preset='random-small' for a random model."
+        )
+        raise ValueError(msg)
+    return AnomalyGPTModel.from_files(
+        imagebind_checkpoint,
+        anomalygpt_checkpoint,
+        vision_heads=vision_heads,
+        text_heads=text_heads,
+        few_shot_mode=few_shot_mode,
+    )
+
+
+class AnomalyGPT(AnomalibModule):
+    """AnomalyGPT (AAAI 2024): ImageBind-Huge patch features against text (zero-shot) or normal references.
+
+    Args:
+        imagebind_checkpoint: Local path of ``imagebind_huge.pth`` (relative paths are also looked up
+            in ``$ANOMALIB_AGPT_HOME``).
+        anomalygpt_checkpoint: Local path of an AnomalyGPT delta
+            (``train_mvtec|train_visa|train_supervised/pytorch_model.pt``).
+        class_name: Object name for the text prompts; default: the datamodule's category
+            (``metal_nut`` -> ``metal nut``), else ``object``.
+        k_shot: Number of normal reference images; 0 is zero-shot.
+        few_shot_source: Folder of normal reference images; default: the datamodule's train set.
+            The first ``k_shot`` files in sorted order are used.
+        few_shot_mode: ``replace`` (the original: the few-shot map replaces the zero-shot one) or
+            ``fuse`` (mean of both).
+        resize_mode: ``crop`` (the original's evaluation: short side to 224, centre crop) or
+            ``squash`` (its training and web demo: resize to 224 x 224).
+        vision_heads: Attention heads of the vision tower (weights cannot reveal them; 16 for Huge).
+        text_heads: Attention heads of the text tower (16 for Huge).
+        preset: Build a random model of a named size instead of loading weights (demo, tests).
+        seed: Seed of the random preset.
+        pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
+        post_processor: Post-processor, or ``True`` for anomalib's default.
+        evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
+        visualizer: Visualizer, or ``True`` for anomalib's default.
+
+    """
+
+    def __init__(
+        self,
+        imagebind_checkpoint: str | Path | None = None,
+        anomalygpt_checkpoint: str | Path | None = None,
+        class_name: str | None = None,
+        k_shot: int = 0,
+        few_shot_source: str | Path | None = None,
+        few_shot_mode: FewShotMode = "replace",
+        resize_mode: ResizeMode = "crop",
+        vision_heads: int = 16,
+        text_heads: int = 16,
+        preset: Preset | None = None,
+        seed: int = 0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if k_shot < 0:
+            msg = f"k_shot={k_shot}: expected 0 (zero-shot) or a positive number of reference images."
+            raise ValueError(msg)
+        if few_shot_source is not None and k_shot:
+            list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
+        model = build_torch_model(
+            imagebind_checkpoint,
+            anomalygpt_checkpoint,
+            vision_heads,
+            text_heads,
+            few_shot_mode,
+            preset,
+            seed,
+        )
+        if pre_processor is True:
+            size = model.image_size
+            pre_processor = self.configure_pre_processor(image_size=(size, size), resize_mode=resize_mode)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = model
+        self.class_name = class_name
+        self.k_shot = k_shot
+        self.few_shot_source = few_shot_source
+        # Frozen weights live in the weight files, not in Lightning checkpoints; see on_load_checkpoint.
+        self.strict_loading = False
+        self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
+
+    # ----------------------------------------------------------------------------------------
+    # anomalib face
+    # ----------------------------------------------------------------------------------------
+    @property
+    def learning_type(self) -> LearningType:
+        """ZERO_SHOT without references, FEW_SHOT with ``k_shot`` of them."""
+        return LearningType.FEW_SHOT if self.k_shot else LearningType.ZERO_SHOT
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Nothing to impose: devices, precision and epochs stay the user's."""
+        return {}
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """Nothing trains in the scores path."""
+        return
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        resize_mode: ResizeMode = "crop",
+    ) -> PreProcessor:
+        """CLIP pre-processing: bicubic resize (short side + centre crop, or squash) and CLIP mean/std."""
+        if image_size and image_size[0] != image_size[1]:
+            msg = f"image_size={image_size}: AnomalyGPT's encoder takes square inputs."
+            raise ValueError(msg)
+        return build_pre_processor(image_size[0] if image_size else DEFAULT_IMAGE_SIZE, resize_mode)
+
+    def configure_post_processor(self) -> PostProcessor:
+        """Anomalib's default: thresholds and min-max normalisation fitted on validation."""
+        return PostProcessor()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Score the batch; the post-processor fits its thresholds on these outputs."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    # ----------------------------------------------------------------------------------------
+    # Class name and references, resolved once before the first batch
+    # ----------------------------------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        """Prepare text features and references (after any checkpoint restore)."""
+        self.prepare()
+
+    def on_test_start(self) -> None:
+        """Prepare text features and references (after any checkpoint restore)."""
+        self.prepare()
+
+    def on_predict_start(self) -> None:
+        """Prepare text features and references (after any checkpoint restore)."""
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Compute the class text features and encode the references, each only if not yet done."""
+        self.model.set_class_name(self._class_name_from_context())
+        if self.k_shot and self.model.num_reference_images == 0:
+            self.model.set_references(self._reference_images())
+
+    def _datamodule(self) -> Any:  # noqa: ANN401
+        trainer = getattr(self, "_trainer", None)
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def _class_name_from_context(self) -> str | None:
+        """Constructor name, else the datamodule's category; ``None`` keeps the current one."""
+        if self.class_name:
+            return category_to_class_name(self.class_name)
+        datamodule = self._datamodule()
+        if datamodule is not None and hasattr(datamodule, "category"):
+            return category_to_class_name(datamodule.category)
+        return None
+
+    def _reference_images(self) -> torch.Tensor:
+        """``k_shot`` normal images through the SAME pre-processing as queries, in file order."""
+        if self.few_shot_source is not None:
+            paths = list_reference_images(self.few_shot_source, self.k_shot)
+        else:
+            datamodule = self._datamodule()
+            train_data = getattr(datamodule, "train_data", None)
+            if train_data is None:
+                msg = (
+                    f"k_shot={self.k_shot} needs normal reference images: pass few_shot_source=<folder>, use a "
+                    "datamodule with a train set, or call model.model.set_references(images)."
+                )
+                raise ValueError(msg)
+            paths = sorted(train_data.samples.image_path)
+            if len(paths) < self.k_shot:
+                msg = f"k_shot={self.k_shot} but the datamodule's train set holds {len(paths)} images."
+                raise ValueError(msg)
+            paths = paths[: self.k_shot]
+        transform = self.pre_processor.transform if self.pre_processor is not None else None
+        logger.info("AnomalyGPT: encoding %d reference images once: %s", len(paths), [str(p) for p in paths])
+        return load_reference_images(paths, transform)
+
+    # ----------------------------------------------------------------------------------------
+    # Lean checkpoints: trained parameters and buffers only
+    # ----------------------------------------------------------------------------------------
+    def _frozen_parameter_names(self) -> set[str]:
+        return {name for name, parameter in self.named_parameters() if not parameter.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop frozen weights (they come back from the weight files) and keep the class name."""
+        super().on_save_checkpoint(checkpoint)
+        frozen = self._frozen_parameter_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["anomalygpt_class_name"] = self.model.class_name
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint strictly against everything that is not a frozen weight."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        own = self.state_dict()
+        missing = sorted(set(own) - self._frozen_parameter_names() - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            msg = (
+                "Lightning checkpoint does not match this AnomalyGPT: "
+                f"missing {missing or 'nothing'}; unexpected {unexpected or 'nothing'}."
+            )
+            raise CheckpointError(msg)
+        self.model.class_name = checkpoint.get("anomalygpt_class_name", self.model.class_name)

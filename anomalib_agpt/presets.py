@@ -1,0 +1,124 @@
+"""Random-initialised presets, written in the ORIGINAL checkpoint formats.
+
+A preset goes through exactly the loaders the released weights use, so the demo and the tests
+exercise the real loading code. Its numbers say nothing about real data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PresetSizes:
+    """Sizes of a random ImageBind-like model (ImageBind-Huge: 1280/32/16, 1024/24/16, 1024)."""
+
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    embed_dim: int
+    patch_size: int = 14
+    image_size: int = 224
+    vocab_size: int = 49408
+    context_length: int = 77
+
+
+PRESETS: dict[str, PresetSizes] = {
+    "random-small": PresetSizes(
+        vision_width=96,
+        vision_layers=4,
+        vision_heads=4,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=64,
+    ),
+}
+
+
+def preset_sizes(name: str) -> PresetSizes:
+    """Sizes of a named preset, or a ValueError listing the known names."""
+    if name not in PRESETS:
+        msg = f"preset='{name}' is unknown; expected one of {sorted(PRESETS)}"
+        raise ValueError(msg)
+    return PRESETS[name]
+
+
+class _Init:
+    """Deterministic normal initialiser (fan-in scaled) from one seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def normal(self, *shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator) * std
+
+    def linear(self, out_features: int, in_features: int) -> torch.Tensor:
+        return self.normal(out_features, in_features, std=in_features**-0.5)
+
+
+def _blocks(init: _Init, prefix: str, width: int, layers: int) -> dict[str, torch.Tensor]:
+    state = {}
+    for index in range(layers):
+        block = f"{prefix}.blocks.{index}."
+        state |= {
+            block + "norm_1.weight": torch.ones(width),
+            block + "norm_1.bias": torch.zeros(width),
+            block + "attn.in_proj_weight": init.linear(3 * width, width),
+            block + "attn.in_proj_bias": torch.zeros(3 * width),
+            block + "attn.out_proj.weight": init.linear(width, width),
+            block + "attn.out_proj.bias": torch.zeros(width),
+            block + "norm_2.weight": torch.ones(width),
+            block + "norm_2.bias": torch.zeros(width),
+            block + "mlp.fc1.weight": init.linear(4 * width, width),
+            block + "mlp.fc1.bias": torch.zeros(4 * width),
+            block + "mlp.fc2.weight": init.linear(width, 4 * width),
+            block + "mlp.fc2.bias": torch.zeros(width),
+        }
+    return state
+
+
+def random_imagebind_state_dict(sizes: PresetSizes, seed: int) -> dict[str, torch.Tensor]:
+    """Vision and text towers in ``imagebind_huge.pth``'s key layout, random but deterministic."""
+    init = _Init(seed)
+    vision, text = sizes.vision_width, sizes.text_width
+    grid = sizes.image_size // sizes.patch_size
+    stem_fan_in = 3 * 2 * sizes.patch_size**2
+    return {
+        "modality_preprocessors.vision.rgbt_stem.proj.1.weight": init.normal(
+            vision, 3, 2, sizes.patch_size, sizes.patch_size, std=stem_fan_in**-0.5
+        ),
+        "modality_preprocessors.vision.cls_token": init.normal(1, 1, vision, std=0.02),
+        "modality_preprocessors.vision.pos_embedding_helper.pos_embed": init.normal(
+            1, grid * grid + 1, vision, std=0.02
+        ),
+        "modality_trunks.vision.pre_transformer_layer.0.weight": torch.ones(vision),
+        "modality_trunks.vision.pre_transformer_layer.0.bias": torch.zeros(vision),
+        **_blocks(init, "modality_trunks.vision", vision, sizes.vision_layers),
+        "modality_heads.vision.0.weight": torch.ones(vision),
+        "modality_heads.vision.0.bias": torch.zeros(vision),
+        "modality_heads.vision.2.weight": init.linear(sizes.embed_dim, vision),
+        "modality_preprocessors.text.token_embedding.weight": init.normal(sizes.vocab_size, text, std=0.02),
+        "modality_preprocessors.text.pos_embed": init.normal(1, sizes.context_length, text, std=0.01),
+        "modality_preprocessors.text.mask": torch.full((sizes.context_length,) * 2, float("-inf")).triu(1),
+        **_blocks(init, "modality_trunks.text", text, sizes.text_layers),
+        "modality_heads.text.proj.0.weight": torch.ones(text),
+        "modality_heads.text.proj.0.bias": torch.zeros(text),
+        "modality_heads.text.proj.1.weight": init.linear(sizes.embed_dim, text),
+        "modality_postprocessors.text.1.log_logit_scale": torch.tensor(14.2857).log(),
+    }
+
+
+def random_anomalygpt_delta(sizes: PresetSizes, seed: int, num_layers: int = 4) -> dict[str, torch.Tensor]:
+    """An ``image_decoder.fc.*`` delta in the AnomalyGPT file layout (fp16, as released)."""
+    init = _Init(seed + 1)
+    state = {}
+    for index in range(num_layers):
+        state[f"image_decoder.fc.{index}.weight"] = init.linear(sizes.embed_dim, sizes.vision_width).half()
+        state[f"image_decoder.fc.{index}.bias"] = torch.zeros(sizes.embed_dim).half()
+    return state
