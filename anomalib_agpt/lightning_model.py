@@ -164,8 +164,7 @@ class AnomalyGPT(AnomalibModule):
         self.class_name = class_name
         self.k_shot = k_shot
         self.few_shot_source = few_shot_source
-        # Frozen weights live in the weight files, not in Lightning checkpoints; see on_load_checkpoint.
-        self.strict_loading = False
+        self.resize_mode = resize_mode
         self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
 
     # ----------------------------------------------------------------------------------------
@@ -277,16 +276,48 @@ class AnomalyGPT(AnomalibModule):
         checkpoint["anomalygpt_class_name"] = self.model.class_name
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the checkpoint strictly against everything that is not a frozen weight."""
+        """Check the checkpoint against everything that is not a frozen weight, then add those.
+
+        The frozen weights are put back as the very parameter objects, so the strict load that
+        follows copies nothing (a memory-mapped 4.5 GB encoder stays mapped) and still checks
+        every key.
+        """
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
-        own = self.state_dict()
-        missing = sorted(set(own) - self._frozen_parameter_names() - set(state))
-        unexpected = sorted(set(state) - set(own))
+        frozen = {name: p for name, p in self.named_parameters() if not p.requires_grad}
+        own = set(self.state_dict())
+        missing = sorted(own - set(frozen) - set(state))
+        unexpected = sorted(set(state) - own)
         if missing or unexpected:
             msg = (
-                "Lightning checkpoint does not match this AnomalyGPT: "
-                f"missing {missing or 'nothing'}; unexpected {unexpected or 'nothing'}."
+                "Lightning checkpoint does not match this AnomalyGPT (were the weight files or sizes "
+                f"changed?): missing {missing or 'nothing'}; unexpected {unexpected or 'nothing'}."
             )
             raise CheckpointError(msg)
+        checkpoint["state_dict"] = {**frozen, **state}
         self.model.class_name = checkpoint.get("anomalygpt_class_name", self.model.class_name)
+
+    # ----------------------------------------------------------------------------------------
+    # Export: the scores path only
+    # ----------------------------------------------------------------------------------------
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> Path:
+        """Export to ONNX (OpenVINO goes through here too).
+
+        With ``resize_mode='crop'`` the short-side resize depends on the aspect ratio, which a graph
+        with dynamic height/width cannot follow (it would squash non-square images). A fixed
+        ``input_size`` is therefore required; ``resize_mode='squash'`` exports with dynamic shapes.
+        """
+        if input_size is None and self.resize_mode == "crop":
+            msg = (
+                "ONNX/OpenVINO export of AnomalyGPT with resize_mode='crop' needs input_size=(H, W), the size "
+                "of the images you will feed (e.g. --input_size '[256, 256]'): the short-side resize + centre "
+                "crop cannot follow dynamic shapes. Or build the model with resize_mode='squash'."
+            )
+            raise ValueError(msg)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)

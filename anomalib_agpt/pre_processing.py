@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 from anomalib.pre_processing import PreProcessor
+from anomalib.pre_processing.utils._transform_registry import TRANSFORM_REGISTRY
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Normalize, Resize
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
@@ -44,6 +45,11 @@ class PilCompatibleResize(Resize):
             and bool(inpt.min() >= 0)
             and bool(inpt.max() <= 1)
         )
+
+
+# anomalib persists pre-processor transforms in checkpoints only for allow-listed classes, and
+# restores an unlisted one as *no transform at all*; list ours so checkpoints keep it.
+TRANSFORM_REGISTRY.register(PilCompatibleResize)
 
 
 def build_pre_processor(side: int, resize_mode: ResizeMode) -> PreProcessor:
