@@ -1,0 +1,209 @@
+"""AnomalyGPT through anomalib: fit, test from the checkpoint, predict, export, for zero- and few-shot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.engine import Engine
+from anomalib.models import get_model, list_models
+
+from anomalib_agpt import AnomalyGPT
+from anomalib_agpt.data import make_synthetic_mvtec
+
+CATEGORY = "washer"
+NUM_TRAIN, NUM_GOOD, NUM_DEFECT = 4, 2, 2
+NUM_TEST = NUM_GOOD + 2 * NUM_DEFECT  # two defect types
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_mvtec(
+        tmp_path_factory.mktemp("data"),
+        categories=(CATEGORY,),
+        num_train=NUM_TRAIN,
+        num_test_good=NUM_GOOD,
+        num_test_defect=NUM_DEFECT,
+        image_size=64,
+    )
+
+
+def datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=3, num_workers=0)
+
+
+def engine(root: Path) -> Engine:
+    return Engine(default_root_dir=root, logger=False, devices=1, max_epochs=1, enable_progress_bar=False)
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["zero_shot", "few_shot"])
+def fitted(
+    request: pytest.FixtureRequest,
+    weights: dict[str, Any],
+    dataset_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """One ``Engine.fit`` per learning type; later tests start from its checkpoint."""
+    k_shot = request.param
+    results = tmp_path_factory.mktemp(f"results_k{k_shot}")
+    model = AnomalyGPT(**weights, k_shot=k_shot)
+    engine(results).fit(model=model, datamodule=datamodule(dataset_root))
+    checkpoint = results / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"k_shot": k_shot, "model": model, "checkpoint": checkpoint, "results": results}
+
+
+def test_learning_type_and_registration(weights: dict[str, Any]) -> None:
+    assert AnomalyGPT(**weights).learning_type == LearningType.ZERO_SHOT
+    assert AnomalyGPT(**weights, k_shot=3).learning_type == LearningType.FEW_SHOT
+    assert AnomalyGPT(**weights).trainer_arguments == {}
+    assert "anomaly_g_p_t" in list_models()
+    assert isinstance(get_model("AnomalyGPT", **weights), AnomalyGPT)
+
+
+def test_fit_resolves_class_name_and_references(fitted: dict[str, Any], dataset_root: Path) -> None:
+    model = fitted["model"]
+    assert model.model.class_name == CATEGORY
+    assert model.model.num_reference_images == fitted["k_shot"]
+    if fitted["k_shot"]:
+        # the first k train files in file order, through the query pre-processing
+        paths = sorted((dataset_root / CATEGORY / "train" / "good").glob("*.png"))[: fitted["k_shot"]]
+        images = torch.stack([model.pre_processor.transform(read_image(p, as_tensor=True)) for p in paths])
+        expected = AnomalyGPT(**_weights_of(model))
+        expected.model.set_references(images)
+        torch.testing.assert_close(model.model.reference_memory, expected.model.reference_memory)
+
+
+def _weights_of(model: AnomalyGPT) -> dict[str, Any]:
+    keys = ("imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
+    return {key: model.hparams[key] for key in keys}
+
+
+def test_checkpoint_holds_no_frozen_weights(fitted: dict[str, Any]) -> None:
+    checkpoint = torch.load(fitted["checkpoint"], weights_only=False)
+    keys = set(checkpoint["state_dict"])
+    assert keys == {
+        "model.text_features",
+        "model.reference_memory",
+        "post_processor._image_threshold",
+        "post_processor._pixel_threshold",
+        "post_processor.image_min",
+        "post_processor.image_max",
+        "post_processor.pixel_min",
+        "post_processor.pixel_max",
+    }
+    assert checkpoint["anomalygpt_class_name"] == CATEGORY
+    assert checkpoint["hyper_parameters"]["k_shot"] == fitted["k_shot"]
+    assert checkpoint["state_dict"]["model.reference_memory"].shape[1] == fitted["k_shot"] * 256
+
+
+def test_load_from_checkpoint_reproduces_outputs(fitted: dict[str, Any], dataset_root: Path) -> None:
+    restored = AnomalyGPT.load_from_checkpoint(fitted["checkpoint"]).eval()
+    original = fitted["model"].eval()
+    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
+    assert restored.model.class_name == CATEGORY
+    for field in ("pred_score", "anomaly_map"):
+        torch.testing.assert_close(getattr(restored(image), field), getattr(original(image), field))
+
+
+def test_test_from_checkpoint_reports_metrics(
+    fitted: dict[str, Any],
+    weights: dict[str, Any],
+    dataset_root: Path,
+) -> None:
+    model = AnomalyGPT(**weights, k_shot=fitted["k_shot"])
+    metrics = engine(fitted["results"]).test(
+        model=model,
+        datamodule=datamodule(dataset_root),
+        ckpt_path=fitted["checkpoint"],
+    )[0]
+    assert set(metrics) == {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    # restored, not recomputed: the memory is the fitted one
+    torch.testing.assert_close(model.model.reference_memory, fitted["model"].model.reference_memory)
+
+
+def test_predict_with_datamodule_and_folder(
+    fitted: dict[str, Any],
+    weights: dict[str, Any],
+    dataset_root: Path,
+) -> None:
+    run = engine(fitted["results"])
+    batches = run.predict(
+        model=AnomalyGPT(**weights, k_shot=fitted["k_shot"]),
+        datamodule=datamodule(dataset_root),
+        ckpt_path=fitted["checkpoint"],
+    )
+    assert sum(len(batch.image) for batch in batches) == NUM_TEST
+    first = batches[0]
+    assert first.anomaly_map.shape[-2:] == (224, 224)
+    assert first.pred_label is not None
+    assert first.pred_mask is not None
+    folder = dataset_root / CATEGORY / "test" / "scratch"
+    batches = run.predict(
+        model=AnomalyGPT(**weights, k_shot=fitted["k_shot"]),
+        data_path=folder,
+        ckpt_path=fitted["checkpoint"],
+    )
+    assert sum(len(batch.image) for batch in batches) == NUM_DEFECT
+    assert all(0.0 <= float(score) <= 1.0 for batch in batches for score in batch.pred_score)
+
+
+def test_export_torch_onnx_openvino(fitted: dict[str, Any], weights: dict[str, Any], dataset_root: Path) -> None:
+    """Each exported model gives the Lightning model's own outputs on a real image."""
+    import openvino
+
+    run = engine(fitted["results"])
+    model = AnomalyGPT(**weights, k_shot=fitted["k_shot"])
+    torch_path = run.export(model=model, export_type="torch", ckpt_path=fitted["checkpoint"])
+    onnx_path = run.export(model=model, export_type="onnx", ckpt_path=fitted["checkpoint"], input_size=(64, 64))
+    openvino_path = run.export(
+        model=model,
+        export_type="openvino",
+        ckpt_path=fitted["checkpoint"],
+        input_size=(64, 64),
+    )
+    reference = AnomalyGPT.load_from_checkpoint(fitted["checkpoint"]).eval()
+    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
+    expected = reference(image)
+
+    exported = torch.load(torch_path, weights_only=False)["model"].eval()
+    torch.testing.assert_close(exported(image).anomaly_map, expected.anomaly_map)
+    core = openvino.Core()
+    for path in (onnx_path, openvino_path):
+        compiled = core.compile_model(str(path), "CPU")
+        outputs = compiled(image.numpy())
+        by_name = {output.get_any_name(): outputs[output] for output in compiled.outputs}
+        assert np.abs(by_name["anomaly_map"] - expected.anomaly_map.numpy()).max() < 2e-2
+        assert np.abs(by_name["pred_score"] - expected.pred_score.numpy()).max() < 2e-2
+
+
+def test_crop_mode_export_needs_input_size(weights: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"input_size=\(H, W\)"):
+        AnomalyGPT(**weights).to_onnx(tmp_path)
+
+
+def test_squash_mode_exports_dynamic_shapes(weights: dict[str, Any], dataset_root: Path, tmp_path: Path) -> None:
+    import openvino
+
+    model = AnomalyGPT(**weights, resize_mode="squash").eval()
+    path = model.to_onnx(tmp_path)
+    compiled = openvino.Core().compile_model(str(path), "CPU")
+    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
+    image = torch.nn.functional.interpolate(image, size=(48, 80), mode="bilinear")  # not the probe's size
+    outputs = compiled(image.numpy())
+    anomaly_map = next(outputs[o] for o in compiled.outputs if o.get_any_name() == "anomaly_map")
+    difference = np.abs(anomaly_map - model(image).anomaly_map.numpy())  # bicubic kernels differ slightly
+    assert difference.max() < 5e-2
+    assert difference.mean() < 5e-3
+
+
+def test_squash_pre_processing_keeps_no_border(weights: dict[str, Any]) -> None:
+    crop = AnomalyGPT(**weights).pre_processor.transform(torch.rand(1, 3, 100, 200))
+    squash = AnomalyGPT(**weights, resize_mode="squash").pre_processor.transform(torch.rand(1, 3, 100, 200))
+    assert crop.shape == squash.shape == (1, 3, 224, 224)
