@@ -1,0 +1,99 @@
+"""The stock ``anomalib`` CLI with the dotted model path, ``anomalib-agpt`` with the short name, the demo."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from anomalib_agpt.data import make_synthetic_mvtec
+
+CATEGORY = "weave"
+ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def script(name: str) -> str:
+    """A console script of this environment (next to its python)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else shutil.which(name) or name
+
+
+def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, cwd=cwd, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def model_args(weights: dict[str, Any], k_shot: int) -> list[str]:
+    return [
+        f"--model.imagebind_checkpoint={weights['imagebind_checkpoint']}",
+        f"--model.anomalygpt_checkpoint={weights['anomalygpt_checkpoint']}",
+        f"--model.vision_heads={weights['vision_heads']}",
+        f"--model.text_heads={weights['text_heads']}",
+        f"--model.k_shot={k_shot}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def cli_fit(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Any]) -> dict[str, Path]:
+    """``anomalib fit --model anomalib_agpt.AnomalyGPT`` (the stock CLI, dotted path), few-shot."""
+    work = tmp_path_factory.mktemp("cli")
+    root = make_synthetic_mvtec(work / "data", categories=(CATEGORY,), num_train=3, num_test_good=2,
+                                num_test_defect=1, image_size=64)
+    data = ["--data", "MVTecAD", f"--data.root={root}", f"--data.category={CATEGORY}", "--data.num_workers=0"]
+    run(script("anomalib"), "fit", "--model", "anomalib_agpt.AnomalyGPT", *model_args(weights, 1), *data,
+        "--default_root_dir", work / "results", "--trainer.logger", "false", cwd=work)
+    version = work / "results" / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0"
+    return {"work": work, "root": root, "version": version, "ckpt": version / "weights" / "lightning" / "model.ckpt"}
+
+
+def test_stock_cli_fit_writes_checkpoint_and_config(cli_fit: dict[str, Path]) -> None:
+    assert cli_fit["ckpt"].is_file()
+    assert cli_fit["ckpt"].stat().st_size < 1_000_000  # no frozen weights
+    config = yaml.safe_load((cli_fit["version"] / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "anomalib_agpt.AnomalyGPT"
+    assert config["model"]["init_args"]["k_shot"] == 1
+
+
+def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+    result = run(script("anomalib-agpt"), "test", "--model", "AnomalyGPT", *model_args(weights, 1),
+                 "--data", "MVTecAD", f"--data.root={cli_fit['root']}", f"--data.category={CATEGORY}",
+                 "--data.num_workers=0", "--ckpt_path", cli_fit["ckpt"], "--default_root_dir",
+                 cli_fit["work"] / "test", "--trainer.logger", "false", cwd=cli_fit["work"])
+    for metric in ("image_AUROC", "pixel_AUROC", "image_F1Score"):
+        assert metric in result.stdout
+
+
+def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+    images = cli_fit["root"] / CATEGORY / "test" / "good"
+    run(script("anomalib-agpt"), "predict", "--model", "AnomalyGPT", *model_args(weights, 1),
+        "--data", images, "--ckpt_path", cli_fit["ckpt"], "--default_root_dir", cli_fit["work"] / "predict",
+        cwd=cli_fit["work"])
+    written = list((cli_fit["work"] / "predict").rglob("*.png"))
+    assert len(written) == len(list(images.glob("*.png")))
+    run(script("anomalib-agpt"), "export", "--model", "AnomalyGPT", *model_args(weights, 1), "--export_type",
+        "openvino", "--input_size", "[64, 64]", "--ckpt_path", cli_fit["ckpt"], "--default_root_dir",
+        cli_fit["work"] / "export", cwd=cli_fit["work"])
+    assert list((cli_fit["work"] / "export").rglob("model.xml"))
+
+
+def test_demo_prints_its_table(tmp_path: Path) -> None:
+    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--categories", CATEGORY, cwd=tmp_path)
+    assert "image AUROC" in result.stdout
+    assert "random-small preset" in result.stdout
+    with (tmp_path / "demo" / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["model"] for row in rows] == ["AnomalyGPT 0-shot", "AnomalyGPT 4-shot", "Patchcore (resnet18, random init)"]
+    for row in rows:
+        assert 0.0 <= float(row["image_AUROC"]) <= 1.0
+        assert 0.0 <= float(row["pixel_AUROC"]) <= 1.0
+        assert float(row["ms_per_image"]) > 0
+    # few-shot memory from random features still localises the drawn defects
+    assert float(rows[1]["pixel_AUROC"]) > 0.8
