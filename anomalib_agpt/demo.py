@@ -61,7 +61,7 @@ def _ensure_process_settings(argv: Sequence[str]) -> None:
     if all(os.environ.get(name) for name in QUIET_ENV):
         return
     env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if v}}
-    os.execve(sys.executable, [sys.executable, "-m", "anomalib_agpt.cli", "demo", *argv], env)  # noqa: S606
+    os.execve(sys.executable, [sys.executable, "-m", "anomalib_agpt.cli", "demo", *argv], env)
 
 
 def _quiet() -> None:
@@ -167,7 +167,13 @@ def print_table(rows: list[DemoRow], random_weights: bool) -> str:
             sum(r.ms_per_image for r in own) / len(own),
         )
         for row in [*own, mean] if len(categories) > 1 else own:
-            cells = [row.model, row.category, f"{row.image_auroc:.3f}", f"{row.pixel_auroc:.3f}", f"{row.ms_per_image:.1f}"]
+            cells = [
+                row.model,
+                row.category,
+                f"{row.image_auroc:.3f}",
+                f"{row.pixel_auroc:.3f}",
+                f"{row.ms_per_image:.1f}",
+            ]
             table.add_row(*cells, style="bold" if row.category == "mean" else None)
             lines.append("| " + " | ".join(cells) + " |")
     console = Console()
@@ -200,12 +206,12 @@ def main(argv: Sequence[str] = ()) -> list[DemoRow]:
         for name, build in builders.items():
             seed_everything(args.seed, verbose=False)
             rows.append(run_one(name, build, root, category, args.output))
-            print(f"  done: {name} on {category}", flush=True)  # noqa: T201
+            print(f"  done: {name} on {category}", flush=True)
     markdown = print_table(rows, random_weights)
     (args.output / "results.md").write_text(markdown + "\n")
     with (args.output / "results.csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["model", "category", "image_AUROC", "pixel_AUROC", "ms_per_image"])
         writer.writerows([r.model, r.category, r.image_auroc, r.pixel_auroc, r.ms_per_image] for r in rows)
-    print(f"Results in {args.output.resolve()} (images under results/); total {time.perf_counter() - started:.0f} s")  # noqa: T201
+    print(f"Results in {args.output.resolve()} (images under results/); total {time.perf_counter() - started:.0f} s")
     return rows

@@ -16,7 +16,7 @@ from anomalib_agpt.torch_model import AnomalyGPTModel
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 
 
-def edited(path: Path, tmp_path: Path, edit: Any) -> Path:  # noqa: ANN401
+def edited(path: Path, tmp_path: Path, edit: Any) -> Path:
     """A copy of a fixture checkpoint with ``edit(state_dict)`` applied."""
     state = dict(torch.load(path, weights_only=True))
     edit(state)
@@ -26,7 +26,9 @@ def edited(path: Path, tmp_path: Path, edit: Any) -> Path:  # noqa: ANN401
 
 
 def test_no_weights_names_the_options() -> None:
-    with pytest.raises(ValueError, match="imagebind_checkpoint, anomalygpt_checkpoint not given.*preset='random-small'"):
+    with pytest.raises(
+        ValueError, match=r"imagebind_checkpoint, anomalygpt_checkpoint not given.*preset='random-small'"
+    ):
         AnomalyGPT()
 
 
@@ -55,19 +57,28 @@ def test_weights_home_resolves_relative_paths(
 
 
 def test_file_in_wrong_slot_says_what_it_looks_like(weights: dict[str, Any]) -> None:
-    with pytest.raises(CheckpointError, match=r"imagebind_checkpoint: .*pandagpt_delta.pt' is not an ImageBind.*"
-                       r"it looks like a PandaGPT delta"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"imagebind_checkpoint: .*pandagpt_delta.pt' is not an ImageBind.*"
+        r"it looks like a PandaGPT delta",
+    ):
         AnomalyGPT(**{**weights, "imagebind_checkpoint": str(PANDAGPT_DELTA)})
-    with pytest.raises(CheckpointError, match=r"anomalygpt_checkpoint: .*imagebind.pth' is not an AnomalyGPT delta.*"
-                       r"it looks like an ImageBind checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"anomalygpt_checkpoint: .*imagebind.pth' is not an AnomalyGPT delta.*"
+        r"it looks like an ImageBind checkpoint",
+    ):
         AnomalyGPT(**{**weights, "anomalygpt_checkpoint": str(IMAGEBIND)})
 
 
 def test_missing_imagebind_key_is_an_error(tmp_path: Path, heads: dict[str, int]) -> None:
     key = "modality_trunks.vision.blocks.2.mlp.fc1.bias"
     path = edited(IMAGEBIND, tmp_path, lambda s: s.pop(key))
-    with pytest.raises(CheckpointError, match=rf"{path.name}' \(vision tower\) does not match.*missing keys: "
-                       r"transformer.resblocks.2.mlp.c_fc.bias"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{path.name}' \(vision tower\) does not match.*missing keys: "
+        r"transformer.resblocks.2.mlp.c_fc.bias",
+    ):
         AnomalyGPTModel.from_files(path, ANOMALYGPT_DELTA, **heads)
 
 
@@ -85,8 +96,11 @@ def test_other_modalities_are_ignored(tmp_path: Path, heads: dict[str, int]) -> 
 def test_mis_shaped_key_is_an_error(tmp_path: Path, heads: dict[str, int]) -> None:
     key = "modality_trunks.vision.blocks.1.attn.out_proj.bias"
     path = edited(IMAGEBIND, tmp_path, lambda s: s.update({key: torch.zeros(65)}))
-    with pytest.raises(CheckpointError, match=r"shape mismatches: transformer.resblocks.1.attn.out_proj.bias: "
-                       r"file \(65,\) vs model \(64,\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches: transformer.resblocks.1.attn.out_proj.bias: "
+        r"file \(65,\) vs model \(64,\)",
+    ):
         AnomalyGPTModel.from_files(path, ANOMALYGPT_DELTA, **heads)
 
 
@@ -135,13 +149,13 @@ def test_negative_k_shot(weights: dict[str, Any]) -> None:
 
 
 def test_empty_reference_folder_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def forbidden(*_: Any) -> None:  # noqa: ANN401
+    def forbidden(*_: Any) -> None:
         raise AssertionError("weights were loaded before the reference set was checked")
 
     monkeypatch.setattr("anomalib_agpt.lightning_model.build_torch_model", forbidden)
     with pytest.raises(ValueError, match=r"few_shot_source='.*' holds 0 image\(s\); k_shot=2 needs at least 2"):
         AnomalyGPT(preset="random-small", k_shot=2, few_shot_source=tmp_path)
-    with pytest.raises(FileNotFoundError, match="few_shot_source='.*missing' is not a folder"):
+    with pytest.raises(FileNotFoundError, match=r"few_shot_source='.*missing' is not a folder"):
         AnomalyGPT(preset="random-small", k_shot=1, few_shot_source=tmp_path / "missing")
 
 

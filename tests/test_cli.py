@@ -45,11 +45,23 @@ def model_args(weights: dict[str, Any], k_shot: int) -> list[str]:
 def cli_fit(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Any]) -> dict[str, Path]:
     """``anomalib fit --model anomalib_agpt.AnomalyGPT`` (the stock CLI, dotted path), few-shot."""
     work = tmp_path_factory.mktemp("cli")
-    root = make_synthetic_mvtec(work / "data", categories=(CATEGORY,), num_train=3, num_test_good=2,
-                                num_test_defect=1, image_size=64)
+    root = make_synthetic_mvtec(
+        work / "data", categories=(CATEGORY,), num_train=3, num_test_good=2, num_test_defect=1, image_size=64
+    )
     data = ["--data", "MVTecAD", f"--data.root={root}", f"--data.category={CATEGORY}", "--data.num_workers=0"]
-    run(script("anomalib"), "fit", "--model", "anomalib_agpt.AnomalyGPT", *model_args(weights, 1), *data,
-        "--default_root_dir", work / "results", "--trainer.logger", "false", cwd=work)
+    run(
+        script("anomalib"),
+        "fit",
+        "--model",
+        "anomalib_agpt.AnomalyGPT",
+        *model_args(weights, 1),
+        *data,
+        "--default_root_dir",
+        work / "results",
+        "--trainer.logger",
+        "false",
+        cwd=work,
+    )
     version = work / "results" / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0"
     return {"work": work, "root": root, "version": version, "ckpt": version / "weights" / "lightning" / "model.ckpt"}
 
@@ -63,24 +75,63 @@ def test_stock_cli_fit_writes_checkpoint_and_config(cli_fit: dict[str, Path]) ->
 
 
 def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
-    result = run(script("anomalib-agpt"), "test", "--model", "AnomalyGPT", *model_args(weights, 1),
-                 "--data", "MVTecAD", f"--data.root={cli_fit['root']}", f"--data.category={CATEGORY}",
-                 "--data.num_workers=0", "--ckpt_path", cli_fit["ckpt"], "--default_root_dir",
-                 cli_fit["work"] / "test", "--trainer.logger", "false", cwd=cli_fit["work"])
+    result = run(
+        script("anomalib-agpt"),
+        "test",
+        "--model",
+        "AnomalyGPT",
+        *model_args(weights, 1),
+        "--data",
+        "MVTecAD",
+        f"--data.root={cli_fit['root']}",
+        f"--data.category={CATEGORY}",
+        "--data.num_workers=0",
+        "--ckpt_path",
+        cli_fit["ckpt"],
+        "--default_root_dir",
+        cli_fit["work"] / "test",
+        "--trainer.logger",
+        "false",
+        cwd=cli_fit["work"],
+    )
     for metric in ("image_AUROC", "pixel_AUROC", "image_F1Score"):
         assert metric in result.stdout
 
 
 def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
     images = cli_fit["root"] / CATEGORY / "test" / "good"
-    run(script("anomalib-agpt"), "predict", "--model", "AnomalyGPT", *model_args(weights, 1),
-        "--data", images, "--ckpt_path", cli_fit["ckpt"], "--default_root_dir", cli_fit["work"] / "predict",
-        cwd=cli_fit["work"])
+    run(
+        script("anomalib-agpt"),
+        "predict",
+        "--model",
+        "AnomalyGPT",
+        *model_args(weights, 1),
+        "--data",
+        images,
+        "--ckpt_path",
+        cli_fit["ckpt"],
+        "--default_root_dir",
+        cli_fit["work"] / "predict",
+        cwd=cli_fit["work"],
+    )
     written = list((cli_fit["work"] / "predict").rglob("*.png"))
     assert len(written) == len(list(images.glob("*.png")))
-    run(script("anomalib-agpt"), "export", "--model", "AnomalyGPT", *model_args(weights, 1), "--export_type",
-        "openvino", "--input_size", "[64, 64]", "--ckpt_path", cli_fit["ckpt"], "--default_root_dir",
-        cli_fit["work"] / "export", cwd=cli_fit["work"])
+    run(
+        script("anomalib-agpt"),
+        "export",
+        "--model",
+        "AnomalyGPT",
+        *model_args(weights, 1),
+        "--export_type",
+        "openvino",
+        "--input_size",
+        "[64, 64]",
+        "--ckpt_path",
+        cli_fit["ckpt"],
+        "--default_root_dir",
+        cli_fit["work"] / "export",
+        cwd=cli_fit["work"],
+    )
     assert list((cli_fit["work"] / "export").rglob("model.xml"))
 
 
@@ -90,10 +141,28 @@ def test_demo_prints_its_table(tmp_path: Path) -> None:
     assert "random-small preset" in result.stdout
     with (tmp_path / "demo" / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [row["model"] for row in rows] == ["AnomalyGPT 0-shot", "AnomalyGPT 4-shot", "Patchcore (resnet18, random init)"]
+    assert [row["model"] for row in rows] == [
+        "AnomalyGPT 0-shot",
+        "AnomalyGPT 4-shot",
+        "Patchcore (resnet18, random init)",
+    ]
     for row in rows:
         assert 0.0 <= float(row["image_AUROC"]) <= 1.0
         assert 0.0 <= float(row["pixel_AUROC"]) <= 1.0
         assert float(row["ms_per_image"]) > 0
     # few-shot memory from random features still localises the drawn defects
     assert float(rows[1]["pixel_AUROC"]) > 0.8
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_configs_name_real_arguments(config: Path) -> None:
+    """Every shipped config names existing classes and only their constructor arguments."""
+    import importlib
+    import inspect
+
+    content = yaml.safe_load(config.read_text())
+    for section in ("model", "data"):
+        module, _, name = content[section]["class_path"].rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        assert set(content[section]["init_args"]) <= set(parameters), config.name
+    assert content["model"]["class_path"] == "anomalib_agpt.AnomalyGPT"

@@ -68,15 +68,11 @@ def _polyline_mask(size: int, points: np.ndarray, thickness: int) -> BoolMask:
     """Rasterise a non-antialiased polyline so the mask is exactly the drawn pixels."""
     canvas = np.zeros((size, size), np.uint8)
     pts = np.round(points).astype(np.int32).reshape(-1, 1, 2)
-    cv2.polylines(
-        canvas, [pts], isClosed=False, color=255, thickness=thickness, lineType=cv2.LINE_8
-    )
+    cv2.polylines(canvas, [pts], isClosed=False, color=255, thickness=thickness, lineType=cv2.LINE_8)
     return canvas > 0
 
 
-def _ellipse_mask(
-    size: int, center: tuple[float, float], axes: tuple[float, float], angle: float
-) -> BoolMask:
+def _ellipse_mask(size: int, center: tuple[float, float], axes: tuple[float, float], angle: float) -> BoolMask:
     """Rasterise a filled, non-antialiased ellipse (binary so the mask matches exactly)."""
     canvas = np.zeros((size, size), np.uint8)
     c = (round(center[0]), round(center[1]))
@@ -231,10 +227,7 @@ def _render_tablet(rng: np.random.Generator, size: int) -> _Scene:
     alpha = np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32)
     dome = np.clip(-sdf / radius, 0.0, 1.0) ** 0.5
     light = rng.uniform(0.0, 2.0 * np.pi)
-    tone = (
-        rng.uniform(200.0, 220.0) * (0.8 + 0.2 * dome)
-        + 10.0 * (np.cos(light) * dx + np.sin(light) * dy) / size
-    )
+    tone = rng.uniform(200.0, 220.0) * (0.8 + 0.2 * dome) + 10.0 * (np.cos(light) * dx + np.sin(light) * dy) / size
     score = np.exp(-((along / max(1.0, size / 128.0)) ** 2)) * (np.abs(across) < radius * 0.8)
     tone = tone - 35.0 * score
     tablet_bgr = tone[..., None] * np.array([0.96, 0.99, 1.0], np.float32)
@@ -342,9 +335,7 @@ def _paint_washer_missing(rng: np.random.Generator, scene: _Scene, size: int) ->
     ang = rng.uniform(0.0, 2.0 * np.pi)
     bite = size * rng.uniform(0.05, 0.09)
     centre = (a["cx"] + rim * np.cos(ang), a["cy"] + rim * np.sin(ang))
-    chunk = _ellipse_mask(
-        size, centre, (bite, bite * rng.uniform(0.7, 1.0)), float(np.rad2deg(ang))
-    )
+    chunk = _ellipse_mask(size, centre, (bite, bite * rng.uniform(0.7, 1.0)), float(np.rad2deg(ang)))
     mask = chunk & (alpha > 0.0)
     new_alpha = np.where(chunk, 0.0, alpha).astype(np.float32)
     scene.image = _blend_towards(backdrop, new_alpha, metal)
@@ -436,9 +427,7 @@ def _check_count(name: str, value: int) -> None:
         raise ValueError(msg)
 
 
-def _validate(
-    categories: Sequence[str] | str, counts: dict[str, int], image_size: int, seed: int
-) -> tuple[str, ...]:
+def _validate(categories: Sequence[str] | str, counts: dict[str, int], image_size: int, seed: int) -> tuple[str, ...]:
     """Validate all arguments before touching the file system; return the category tuple."""
     if isinstance(categories, str):
         categories = (categories,)
@@ -491,9 +480,7 @@ def _write_marker(category_dir: Path, meta: dict[str, object], complete: bool) -
     tmp.replace(category_dir / _MARKER)
 
 
-def _write_category(
-    category_dir: Path, category: str, counts: dict[str, int], size: int, seed: int
-) -> None:
+def _write_category(category_dir: Path, category: str, counts: dict[str, int], size: int, seed: int) -> None:
     """Write all images and masks of one category."""
     width = max(3, len(str(max(counts.values(), default=0) - 1)))
     jobs: list[tuple[str, str, int, str | None, int]] = [

@@ -36,9 +36,7 @@ def _read(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------------------
@@ -94,9 +92,7 @@ def test_images_have_requested_size_and_are_8bit_colour(default_root: Path, cate
 
 
 @pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
-def test_masks_binary_same_size_nonempty_and_only_for_defects(
-    default_root: Path, category: str
-) -> None:
+def test_masks_binary_same_size_nonempty_and_only_for_defects(default_root: Path, category: str) -> None:
     cat_dir = default_root / category
     gt_dirs = sorted(p.name for p in (cat_dir / "ground_truth").iterdir())
     assert gt_dirs == sorted(DEFECT_TYPES[category]), "good images must not have masks"
@@ -115,9 +111,7 @@ def test_masks_binary_same_size_nonempty_and_only_for_defects(
 def test_normal_images_vary(default_root: Path) -> None:
     """Normal samples must not be copies, or models would not need to generalise."""
     for category in SYNTHETIC_CATEGORIES:
-        images = [
-            _read(p).astype(np.int16) for p in _pngs(default_root / category / "train" / "good")
-        ]
+        images = [_read(p).astype(np.int16) for p in _pngs(default_root / category / "train" / "good")]
         for a, b in itertools.pairwise(images):
             assert np.abs(a - b).mean() > 1.0
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up the environment if needed, then run the offline demo
+# (AnomalyGPT zero-/k-shot next to Patchcore on a synthetic MVTec-layout dataset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup_env.sh
+export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
+exec .venv/bin/anomalib-agpt demo "$@"

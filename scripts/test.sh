@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test job: set up the environment if needed, lint, and run the whole suite (CPU, offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup_env.sh
+export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
+.venv/bin/ruff check anomalib_agpt tests
+.venv/bin/ruff format --check anomalib_agpt tests
+exec .venv/bin/python -m pytest -q "$@"
