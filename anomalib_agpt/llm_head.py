@@ -1,0 +1,336 @@
+"""AnomalyGPT's explanation head: image token + prompt-learner tokens -> LLM (+ PandaGPT LoRA) -> answer.
+
+The LLM is any LLaMA-family causal LM in a Hugging Face folder (Vicuna-7B v0 for the released
+weights). It is loaded directly in the requested dtype with ``low_cpu_mem_usage`` (no fp32 copy
+first), the PandaGPT LoRA goes on q/k/v/o through peft (optionally merged), and a batch of images
+is answered by one ``generate`` call with left padding and the KV cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from . import checkpoints as ckpt
+from .conversation import ASSISTANT_CUE, IMAGE_PREFIX, IMAGE_SUFFIX, STOP_PIECE
+from .prompt_learner import PromptLearner
+
+logger = logging.getLogger(__name__)
+
+LLMDtype = Literal["auto", "fp32", "fp16", "bf16"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_LORA_KEY = re.compile(
+    r"^llama_model\.base_model\.model\.(?P<module>model\.layers\.\d+\.self_attn\.[qkvo]_proj)"
+    r"\.(?P<part>lora_[AB])(?:\.default)?\.weight$",
+)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU, bf16 on an accelerator."""
+    if llm_dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if llm_dtype not in _DTYPES:
+        msg = f"llm_dtype='{llm_dtype}': expected one of auto, fp32, fp16, bf16."
+        raise ValueError(msg)
+    return _DTYPES[llm_dtype]
+
+
+@dataclass(frozen=True)
+class LLMHeadSpec:
+    """Where the explanation head's parts come from; loading happens only when an answer is needed."""
+
+    llm: str
+    pandagpt_checkpoint: str
+    anomalygpt_checkpoint: str | None = None
+    llm_dtype: LLMDtype = "auto"
+    lora_scale: float = 1.0
+    merge_lora: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def load_tokenizer(folder: Path) -> object:
+    """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as error:
+        msg = (
+            f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {error}). The folder needs "
+            "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)."
+        )
+        raise ckpt.CheckpointError(msg) from error
+
+
+def load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
+    """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            low_cpu_mem_usage=True,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+    except Exception as error:
+        msg = f"llm: cannot load a causal LM from '{folder}': {type(error).__name__}: {error}"
+        raise ckpt.CheckpointError(msg) from error
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        msg = f"llm: '{folder}' does not match its config: {problems}"
+        raise ckpt.CheckpointError(msg)
+    return model.eval().requires_grad_(False)
+
+
+def split_pandagpt_delta(
+    state: Mapping[str, torch.Tensor],
+    source: Path | str,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(llama_proj, lora)``: lora keys as ``model.layers.N.self_attn.X_proj.lora_A.weight``."""
+    projection = {k.removeprefix("llama_proj."): v for k, v in state.items() if k.startswith("llama_proj.")}
+    lora, unknown = {}, []
+    for key, value in state.items():
+        if key.startswith("llama_proj."):
+            continue
+        match = _LORA_KEY.match(key)
+        if match is None:
+            unknown.append(key)
+        else:
+            lora[f"{match['module']}.{match['part']}.weight"] = value
+    if unknown:
+        msg = f"PandaGPT delta '{source}' has unexpected keys: {ckpt._keys(unknown)}"
+        raise ckpt.CheckpointError(msg)
+    if set(projection) != {"weight", "bias"} or not lora:
+        msg = f"PandaGPT delta '{source}' needs llama_proj.weight, llama_proj.bias and LoRA weights."
+        raise ckpt.CheckpointError(msg)
+    return projection, lora
+
+
+def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, source: Path | str) -> None:
+    """Put the PandaGPT LoRA on q/k/v/o of every layer with peft and load it strictly."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    ranks = {v.shape[0] for k, v in lora.items() if ".lora_A." in k}
+    if len(ranks) != 1:
+        msg = f"PandaGPT delta '{source}': LoRA ranks differ between layers: {sorted(ranks)}"
+        raise ckpt.CheckpointError(msg)
+    rank = ranks.pop()
+    hidden = llm.get_input_embeddings().weight.shape[1]
+    some_a = next(v for k, v in lora.items() if ".lora_A." in k)
+    if some_a.shape[1] != hidden:
+        msg = f"PandaGPT delta '{source}' holds LoRA for hidden size {some_a.shape[1]}; the LLM's is {hidden}."
+        raise ckpt.CheckpointError(msg)
+    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+    inject_adapter_in_model(config, llm)
+    own = {k.replace(".default.", "."): k for k in llm.state_dict() if ".lora_" in k}
+    missing, unexpected = set(own) - set(lora), set(lora) - set(own)
+    if missing or unexpected:
+        msg = (
+            f"PandaGPT delta '{source}' does not match the LLM's layers: missing {ckpt._keys(missing)}; "
+            f"unexpected {ckpt._keys(unexpected)}"
+        )
+        raise ckpt.CheckpointError(msg)
+    parameters = dict(llm.named_parameters())
+    with torch.no_grad():
+        for key, value in lora.items():
+            target = parameters[own[key]]
+            if target.shape != value.shape:
+                msg = f"PandaGPT delta '{source}': {key} is {tuple(value.shape)}, the LLM needs {tuple(target.shape)}"
+                raise ckpt.CheckpointError(msg)
+            target.copy_(value)
+    llm.requires_grad_(False)
+
+
+def merge_lora(llm: nn.Module) -> None:
+    """Fold the LoRA into the base weights (faster inference; rounds in the LLM's dtype)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in llm.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+
+
+# --------------------------------------------------------------------------------------------
+# The head
+# --------------------------------------------------------------------------------------------
+class LLMHead(nn.Module):
+    """Prompt learner, ``llama_proj`` and the LLM with its tokenizer; builds inputs and answers."""
+
+    def __init__(
+        self,
+        prompt_learner: PromptLearner,
+        llama_proj: nn.Linear,
+        llm: nn.Module,
+        tokenizer: object,
+    ) -> None:
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.llama_proj = llama_proj
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.stop_token_id = self._stop_token_id()
+        self.context_length = int(getattr(llm.config, "max_position_embeddings", 2048))
+        self._segment_ids = {text: self.encode(text) for text in (IMAGE_PREFIX, IMAGE_SUFFIX)}
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: LLMHeadSpec,
+        prompt_state: Mapping[str, torch.Tensor],
+        image_embed_dim: int,
+        device: torch.device,
+    ) -> LLMHead:
+        """Load the LLM folder, the PandaGPT delta and the prompt learner, all strictly."""
+        folder = ckpt.resolve_weight_path(spec.llm, "llm")
+        dtype = resolve_dtype(spec.llm_dtype, device)
+        tokenizer = load_tokenizer(folder)
+        llm = load_llm(folder, dtype)
+        rows = llm.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) != rows:
+            msg = (
+                f"llm: '{folder}' has a tokenizer of {len(tokenizer)} tokens but an embedding of {rows} rows "
+                "(Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up)."
+            )
+            raise ckpt.CheckpointError(msg)
+        pandagpt_path = ckpt.resolve_weight_path(spec.pandagpt_checkpoint, "pandagpt_checkpoint")
+        pandagpt = ckpt.load_state_dict_file(pandagpt_path, "pandagpt_checkpoint")
+        ckpt.expect_kind(pandagpt, ckpt.PANDAGPT, pandagpt_path, "pandagpt_checkpoint")
+        projection, lora = split_pandagpt_delta(pandagpt, pandagpt_path)
+        attach_lora(llm, lora, spec.lora_scale, pandagpt_path)
+        if spec.merge_lora:
+            merge_lora(llm)
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        llama_proj = nn.Linear(image_embed_dim, hidden)
+        ckpt.load_strict(llama_proj, projection, f"PandaGPT delta '{pandagpt_path}' (llama_proj)")
+        source = spec.anomalygpt_checkpoint or "<anomalygpt delta>"
+        prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
+        ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
+        if prompt_learner.hidden_size != hidden:
+            msg = (
+                f"AnomalyGPT delta '{source}' makes prompts of width {prompt_learner.hidden_size}; the LLM "
+                f"'{folder}' has hidden size {hidden}."
+            )
+            raise ckpt.CheckpointError(msg)
+        head = cls(prompt_learner, llama_proj, llm, tokenizer)
+        head.prompt_learner.to(dtype)
+        head.llama_proj.to(dtype)
+        return head.requires_grad_(False).to(device)
+
+    def _stop_token_id(self) -> int:
+        stop = self.tokenizer.convert_tokens_to_ids(STOP_PIECE)
+        if stop is None or stop == self.tokenizer.unk_token_id:
+            msg = f"llm: the tokenizer has no piece '{STOP_PIECE}' to end a turn on."
+            raise ckpt.CheckpointError(msg)
+        return int(stop)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text segment, no special tokens (its leading '▁' kept)."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        table = self.llm.get_input_embeddings()
+        return table(torch.tensor(list(ids), device=table.weight.device))
+
+    def build_inputs(
+        self,
+        image_embedding: torch.Tensor,
+        anomaly_map: torch.Tensor,
+        questions: Sequence[str],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[BOS] <Img-prefix> [image] </Img> [18 prompts] question + cue`` per row, left-padded.
+
+        Returns ``(inputs_embeds (B, L, H), attention_mask (B, L))``.
+        """
+        if len(questions) != image_embedding.shape[0]:
+            msg = f"got {len(questions)} questions for {image_embedding.shape[0]} images."
+            raise ValueError(msg)
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        image_tokens = self.llama_proj(image_embedding.to(dtype)).unsqueeze(1)
+        prompts = self.prompt_learner(anomaly_map.to(dtype))
+        bos = [self.tokenizer.bos_token_id]
+        rows = []
+        for index, question in enumerate(questions):
+            after = self.encode(question + ASSISTANT_CUE)
+            rows.append(
+                torch.cat(
+                    [
+                        self._embed(bos + self._segment_ids[IMAGE_PREFIX]),
+                        image_tokens[index],
+                        self._embed(self._segment_ids[IMAGE_SUFFIX]),
+                        prompts[index],
+                        self._embed(after),
+                    ],
+                ),
+            )
+        return self._left_pad(rows)
+
+    @staticmethod
+    def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(row.shape[0] for row in rows)
+        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+        for index, row in enumerate(rows):
+            embeds[index, length - row.shape[0] :] = row
+            mask[index, length - row.shape[0] :] = 1
+        return embeds, mask
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        top_p: float = 0.1,
+        temperature: float = 1.0,
+    ) -> list[str]:
+        """Answer every row in one ``generate`` call; each row stops on its own '##'."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if inputs_embeds.shape[1] + max_new_tokens > self.context_length:
+            msg = (
+                f"the prompt takes {inputs_embeds.shape[1]} tokens and max_new_tokens={max_new_tokens}; together "
+                f"they exceed the LLM's context of {self.context_length} tokens. Shorten the question or history."
+            )
+            raise ValueError(msg)
+        stop_id = self.stop_token_id
+
+        class StopOnPiece(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+                return input_ids[:, -1] == stop_id
+
+        sampling = {"do_sample": True, "top_p": top_p, "temperature": temperature} if do_sample else {}
+        output = self.llm.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            stopping_criteria=StoppingCriteriaList([StopOnPiece()]),
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
+            use_cache=True,
+            **({"do_sample": False} | sampling),
+        )
+        return [self.decode_answer(row.tolist()) for row in output]
+
+    def answer_ids(self, generated: Sequence[int]) -> list[int]:
+        """Generated ids of one row up to and including the first stop or end-of-sequence id."""
+        ends = {self.stop_token_id, self.tokenizer.eos_token_id}
+        for index, token in enumerate(generated):
+            if token in ends:
+                return list(generated[: index + 1])
+        return list(generated)
+
+    def decode_answer(self, generated: Sequence[int]) -> str:
+        """The original's rule: drop the last two ids ('\\n' and '##' with the real model), decode."""
+        return self.tokenizer.decode(self.answer_ids(generated)[:-2], skip_special_tokens=True)
