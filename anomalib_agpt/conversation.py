@@ -50,7 +50,9 @@ GENERIC_DESCRIPTION = "which should be intact, without any damage, flaw, defect,
 def default_question(class_name: str) -> str:
     """One sentence about the class, then the anomaly question (as the original's evaluation asks)."""
     description = CLASS_DESCRIPTIONS.get(class_name.replace("_", " "), GENERIC_DESCRIPTION)
-    return f"This is a photo of a {class_name.replace('_', ' ')} for anomaly detection, {description}. {ANOMALY_QUESTION}"
+    return (
+        f"This is a photo of a {class_name.replace('_', ' ')} for anomaly detection, {description}. {ANOMALY_QUESTION}"
+    )
 
 
 def multi_turn_prompt(history: Sequence[tuple[str, str]], question: str) -> str:

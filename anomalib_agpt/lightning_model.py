@@ -28,7 +28,11 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
 
+from .callbacks import ExplanationVisualizer
 from .checkpoints import CheckpointError
+from .conversation import is_anomalous_answer
+from .llm_head import LLMDtype, LLMHeadSpec
+from .metrics import AnswerAccuracy
 from .pre_processing import ResizeMode, build_pre_processor
 from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from .prompting import category_to_class_name
@@ -39,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 Preset = Literal["random-small"]
+LabelSource = Literal["answer", "threshold"]
 
 __all__ = ["AnomalyGPT"]
 
@@ -91,6 +96,46 @@ def build_torch_model(
     )
 
 
+def explanation_spec(
+    llm: str | Path | None,
+    pandagpt_checkpoint: str | Path | None,
+    anomalygpt_checkpoint: str | Path | None,
+    explain: bool,
+    llm_dtype: LLMDtype,
+    merge_lora: bool,
+) -> LLMHeadSpec | None:
+    """Where the explanation head comes from; with ``explain`` every part must be named.
+
+    Nothing is read here: the LLM loads on first use, so exporting or restoring a checkpoint made
+    with ``explain`` never needs the LLM files.
+    """
+    if explain:
+        missing = [
+            name
+            for name, value in (
+                ("llm", llm),
+                ("pandagpt_checkpoint", pandagpt_checkpoint),
+                ("anomalygpt_checkpoint", anomalygpt_checkpoint),
+            )
+            if not value
+        ]
+        if missing:
+            msg = (
+                f"explain=True needs {', '.join(missing)}: the LLM folder (Vicuna-7B v0), the PandaGPT delta and "
+                "the AnomalyGPT delta (its prompt learner). See the README's weights table."
+            )
+            raise ValueError(msg)
+    if not (llm and pandagpt_checkpoint):
+        return None
+    return LLMHeadSpec(
+        llm=str(llm),
+        pandagpt_checkpoint=str(pandagpt_checkpoint),
+        anomalygpt_checkpoint=str(anomalygpt_checkpoint) if anomalygpt_checkpoint else None,
+        llm_dtype=llm_dtype,
+        merge_lora=merge_lora,
+    )
+
+
 class AnomalyGPT(AnomalibModule):
     """AnomalyGPT (AAAI 2024): ImageBind-Huge patch features against text (zero-shot) or normal references.
 
@@ -112,6 +157,20 @@ class AnomalyGPT(AnomalibModule):
         text_heads: Attention heads of the text tower (16 for Huge).
         preset: Build a random model of a named size instead of loading weights (demo, tests).
         seed: Seed of the random preset.
+        llm: Hugging Face folder of the LLM (Vicuna-7B v0 for the released weights).
+        pandagpt_checkpoint: PandaGPT delta (``llama_proj`` and the LoRA of the LLM).
+        explain: Answer ``question`` for every test/predict image (``batch.explanation``). Off by
+            default: the LLM (14 GB for Vicuna-7B) loads only when an answer is first needed.
+        question: Question asked about each image; default: a description of the class followed by
+            "Is there any anomaly in the image?".
+        max_new_tokens: Longest answer, in tokens.
+        llm_dtype: ``auto`` (fp32 on CPU, bf16 on GPU), ``fp32``, ``fp16`` or ``bf16``.
+        merge_lora: Fold the LoRA into the LLM's weights (faster; rounds in ``llm_dtype``).
+        label_source: With ``explain``, ``answer`` takes ``pred_label`` from the answer ('Yes' in it
+            is anomalous, the original's rule); ``threshold`` keeps anomalib's score threshold.
+        do_sample: Sample instead of greedy decoding (the original samples with top_p 0.01-0.1).
+        top_p: Nucleus size when sampling.
+        temperature: Temperature when sampling.
         pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
         post_processor: Post-processor, or ``True`` for anomalib's default.
         evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
@@ -132,6 +191,17 @@ class AnomalyGPT(AnomalibModule):
         text_heads: int = 16,
         preset: Preset | None = None,
         seed: int = 0,
+        llm: str | Path | None = None,
+        pandagpt_checkpoint: str | Path | None = None,
+        explain: bool = False,
+        question: str | None = None,
+        max_new_tokens: int = 128,
+        llm_dtype: LLMDtype = "auto",
+        merge_lora: bool = False,
+        label_source: LabelSource = "answer",
+        do_sample: bool = False,
+        top_p: float = 0.1,
+        temperature: float = 1.0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -142,6 +212,7 @@ class AnomalyGPT(AnomalibModule):
             raise ValueError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
+        spec = explanation_spec(llm, pandagpt_checkpoint, anomalygpt_checkpoint, explain, llm_dtype, merge_lora)
         model = build_torch_model(
             imagebind_checkpoint,
             anomalygpt_checkpoint,
@@ -151,9 +222,20 @@ class AnomalyGPT(AnomalibModule):
             preset,
             seed,
         )
+        model.llm_spec = spec
+        model.generation = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "top_p": top_p,
+            "temperature": temperature,
+        }
         if pre_processor is True:
             size = model.image_size
             pre_processor = self.configure_pre_processor(image_size=(size, size), resize_mode=resize_mode)
+        if evaluator is True:
+            evaluator = self.configure_evaluator(explain=explain)
+        if visualizer is True:
+            visualizer = self.configure_visualizer()
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -165,6 +247,9 @@ class AnomalyGPT(AnomalibModule):
         self.k_shot = k_shot
         self.few_shot_source = few_shot_source
         self.resize_mode = resize_mode
+        self.explain = explain
+        self.question = question
+        self.label_source = label_source
         self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
 
     # ----------------------------------------------------------------------------------------
@@ -201,10 +286,40 @@ class AnomalyGPT(AnomalibModule):
         """Anomalib's default: thresholds and min-max normalisation fitted on validation."""
         return PostProcessor()
 
+    @classmethod
+    def configure_evaluator(cls, explain: bool = False) -> Evaluator:
+        """Anomalib's image/pixel AUROC and F1, plus answer accuracy when explaining."""
+        evaluator = AnomalibModule.configure_evaluator()
+        if explain:
+            evaluator.test_metrics.append(AnswerAccuracy(strict=False))
+        return evaluator
+
+    @classmethod
+    def configure_visualizer(cls) -> ExplanationVisualizer:
+        """Anomalib's image visualizer plus the explanation text under the panels."""
+        return ExplanationVisualizer()
+
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
         """Score the batch; the post-processor fits its thresholds on these outputs."""
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Score, and with ``explain`` answer the question, from one pass of the encoder."""
+        del args, kwargs
+        if not self.explain:
+            return batch.update(**self.model(batch.image)._asdict())
+        scores, answers = self.model.predict_and_explain(batch.image, self.question)
+        batch.update(**scores._asdict())
+        batch.explanation = answers
+        if self.label_source == "answer":
+            batch.pred_label = torch.tensor([is_anomalous_answer(a) for a in answers], device=batch.image.device)
+        return batch
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Batch:
+        """As ``test_step``."""
+        del batch_idx, dataloader_idx
+        return self.test_step(batch)
 
     # ----------------------------------------------------------------------------------------
     # Class name and references, resolved once before the first batch
@@ -214,18 +329,20 @@ class AnomalyGPT(AnomalibModule):
         self.prepare()
 
     def on_test_start(self) -> None:
-        """Prepare text features and references (after any checkpoint restore)."""
-        self.prepare()
+        """Prepare text features, references and, with ``explain``, the LLM (after any restore)."""
+        self.prepare(load_llm=self.explain)
 
     def on_predict_start(self) -> None:
-        """Prepare text features and references (after any checkpoint restore)."""
-        self.prepare()
+        """Prepare text features, references and, with ``explain``, the LLM (after any restore)."""
+        self.prepare(load_llm=self.explain)
 
-    def prepare(self) -> None:
+    def prepare(self, load_llm: bool = False) -> None:
         """Compute the class text features and encode the references, each only if not yet done."""
         self.model.set_class_name(self._class_name_from_context())
         if self.k_shot and self.model.num_reference_images == 0:
             self.model.set_references(self._reference_images())
+        if load_llm:
+            self.model.ensure_llm_head()
 
     def _datamodule(self) -> Any:  # noqa: ANN401
         trainer = getattr(self, "_trainer", None)
@@ -320,4 +437,10 @@ class AnomalyGPT(AnomalibModule):
                 "crop cannot follow dynamic shapes. Or build the model with resize_mode='squash'."
             )
             raise ValueError(msg)
-        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+        with self.model.scores_only():
+            return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+    def to_torch(self, *args, **kwargs) -> Path:
+        """Pickle the module for ``TorchInferencer`` without the LLM (text never breaks export)."""
+        with self.model.scores_only():
+            return super().to_torch(*args, **kwargs)

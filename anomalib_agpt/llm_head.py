@@ -62,13 +62,15 @@ def load_tokenizer(folder: Path) -> object:
     """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA)."""
     from transformers import AutoTokenizer
 
+    expected = "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)"
+    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+        msg = f"llm: cannot load a tokenizer from '{folder}': it lacks {expected}."
+        raise ckpt.CheckpointError(msg)
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as error:
-        msg = (
-            f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {error}). The folder needs "
-            "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)."
-        )
+        reason = " ".join(str(error).split())
+        msg = f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {reason}); it needs {expected}."
         raise ckpt.CheckpointError(msg) from error
 
 
@@ -286,7 +288,6 @@ class LLMHead(nn.Module):
             mask[index, length - row.shape[0] :] = 1
         return embeds, mask
 
-    @torch.no_grad()
     def generate(
         self,
         inputs_embeds: torch.Tensor,
@@ -297,6 +298,20 @@ class LLMHead(nn.Module):
         temperature: float = 1.0,
     ) -> list[str]:
         """Answer every row in one ``generate`` call; each row stops on its own '##'."""
+        rows = self.generate_ids(inputs_embeds, attention_mask, max_new_tokens, do_sample, top_p, temperature)
+        return [self.decode_answer(row) for row in rows]
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        top_p: float = 0.1,
+        temperature: float = 1.0,
+    ) -> list[list[int]]:
+        """Generated ids per row, up to and including its stop ('##' or end of sequence)."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         if inputs_embeds.shape[1] + max_new_tokens > self.context_length:
@@ -321,7 +336,7 @@ class LLMHead(nn.Module):
             use_cache=True,
             **({"do_sample": False} | sampling),
         )
-        return [self.decode_answer(row.tolist()) for row in output]
+        return [self.answer_ids(row.tolist()) for row in output]
 
     def answer_ids(self, generated: Sequence[int]) -> list[int]:
         """Generated ids of one row up to and including the first stop or end-of-sequence id."""
@@ -332,5 +347,5 @@ class LLMHead(nn.Module):
         return list(generated)
 
     def decode_answer(self, generated: Sequence[int]) -> str:
-        """The original's rule: drop the last two ids ('\\n' and '##' with the real model), decode."""
-        return self.tokenizer.decode(self.answer_ids(generated)[:-2], skip_special_tokens=True)
+        """The original's rule: drop the last two ids (newline and '##' with the real model), decode."""
+        return self.tokenizer.decode(list(generated)[:-2], skip_special_tokens=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,9 @@ from .anomaly_maps import (
     zero_shot_logits,
     zero_shot_map,
 )
+from .conversation import default_question
 from .encoder import NUM_TAPS, ImageBindTextEncoder, ImageBindVisionEncoder, VisionFeatures, build_encoders
+from .llm_head import LLMHead, LLMHeadSpec
 from .prompting import DEFAULT_CLASS_NAME, prompt_sentences
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,9 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.register_buffer("text_features", torch.zeros(2, embed_dim))
         self.register_buffer("reference_memory", torch.zeros(NUM_TAPS, 0, width))
         self.class_name: str | None = None
+        self.llm_head: LLMHead | None = None
+        self.llm_spec: LLMHeadSpec | None = None
+        self.generation: dict[str, float | int | bool] = {"max_new_tokens": 128}
 
     # ----------------------------------------------------------------------------------------
     # Construction from the original files
@@ -178,7 +184,86 @@ class AnomalyGPTModel(DynamicBufferMixin):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Pre-processed ``(B, 3, S, S)`` images -> ``InferenceBatch(pred_score, anomaly_map)``."""
+        return self.scores(self.vision_encoder(images), (images.shape[-2], images.shape[-1]))
+
+    def scores(self, features: VisionFeatures, size: tuple[int, int]) -> InferenceBatch:
+        """Map and image score (the map's maximum) from encoder features."""
+        anomaly_map = self.anomaly_map(features, size)
+        return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+    # ----------------------------------------------------------------------------------------
+    # Explanations (the LLM head loads on first use)
+    # ----------------------------------------------------------------------------------------
+    def ensure_llm_head(self) -> LLMHead:
+        """The explanation head, loaded from ``llm_spec`` the first time it is needed."""
+        if self.llm_head is None:
+            if self.llm_spec is None or self.llm_spec.anomalygpt_checkpoint is None:
+                msg = (
+                    "explanations need llm=<LLM folder>, pandagpt_checkpoint=<PandaGPT delta> and an "
+                    "anomalygpt_checkpoint with the prompt learner."
+                )
+                raise ValueError(msg)
+            path = ckpt.resolve_weight_path(self.llm_spec.anomalygpt_checkpoint, "anomalygpt_checkpoint")
+            _, prompt_state = ckpt.split_anomalygpt_delta(
+                ckpt.load_state_dict_file(path, "anomalygpt_checkpoint"), path
+            )
+            device = self.reference_memory.device
+            logger.info("AnomalyGPT: loading the explanation LLM from %s", self.llm_spec.llm)
+            self.llm_head = LLMHead.from_spec(self.llm_spec, prompt_state, self.text_features.shape[1], device)
+        return self.llm_head
+
+    @contextmanager
+    def scores_only(self) -> Iterator[None]:
+        """Temporarily detach the LLM head (export and pickling carry the scores path only)."""
+        head = self._modules.pop("llm_head", None)
+        self.llm_head = None
+        try:
+            yield
+        finally:
+            self.llm_head = head
+
+    def _questions(self, question: str | Sequence[str] | None, batch_size: int) -> list[str]:
+        if question is None:
+            question = default_question(self.class_name or DEFAULT_CLASS_NAME)
+        questions = [question] * batch_size if isinstance(question, str) else list(question)
+        if len(questions) != batch_size or any(not q.strip() for q in questions):
+            msg = f"need one non-empty question per image ({batch_size}), got {questions!r}"
+            raise ValueError(msg)
+        return questions
+
+    @torch.no_grad()
+    def build_llm_inputs(
+        self,
+        images: torch.Tensor,
+        question: str | Sequence[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs_embeds, attention_mask)`` of the LLM for pre-processed images (left-padded)."""
         features = self.vision_encoder(images)
         anomaly_map = self.anomaly_map(features, (images.shape[-2], images.shape[-1]))
-        pred_score = anomaly_map.flatten(1).amax(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return self.llm_inputs(features, anomaly_map, question)
+
+    def llm_inputs(
+        self,
+        features: VisionFeatures,
+        anomaly_map: torch.Tensor,
+        question: str | Sequence[str] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM inputs from already computed features and map (nothing is encoded again)."""
+        questions = self._questions(question, anomaly_map.shape[0])
+        return self.ensure_llm_head().build_inputs(features.embedding, anomaly_map, questions)
+
+    @torch.no_grad()
+    def predict_and_explain(
+        self,
+        images: torch.Tensor,
+        question: str | Sequence[str] | None = None,
+    ) -> tuple[InferenceBatch, list[str]]:
+        """Scores and answers for a batch, from ONE pass of the encoder."""
+        features = self.vision_encoder(images)
+        scores = self.scores(features, (images.shape[-2], images.shape[-1]))
+        inputs_embeds, attention_mask = self.llm_inputs(features, scores.anomaly_map, question)
+        return scores, self.ensure_llm_head().generate(inputs_embeds, attention_mask, **self.generation)
+
+    def explain(self, images: torch.Tensor, question: str | Sequence[str] | None = None) -> list[str]:
+        """Answers to ``question`` (default: the class's anomaly question) for pre-processed images."""
+        return self.predict_and_explain(images, question)[1]

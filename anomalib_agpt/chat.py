@@ -1,0 +1,56 @@
+"""A conversation about one image: the first answer, then follow-up questions with history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from anomalib.data import InferenceBatch
+
+from .conversation import multi_turn_prompt
+from .lightning_model import AnomalyGPT
+from .references import read_image_checked
+
+
+class AnomalyGPTChat:
+    """Chat about one image with AnomalyGPT, in the multi-turn format its LLM was trained on.
+
+    The image is encoded once; every question reuses its features and anomaly map.
+
+    Example:
+        >>> chat = AnomalyGPTChat(model, "bottle.png")  # doctest: +SKIP
+        >>> chat.ask("Is there any anomaly in the image?")  # doctest: +SKIP
+        'Yes, there is an anomaly in the image, at the top left of the image.'
+        >>> chat.ask("What kind of defect is it?")  # doctest: +SKIP
+
+    """
+
+    def __init__(self, model: AnomalyGPT, image: str | Path | torch.Tensor) -> None:
+        self.model = model.eval()
+        model.prepare(load_llm=True)
+        raw = read_image_checked(image) if isinstance(image, str | Path) else image
+        pixels = raw.unsqueeze(0) if raw.ndim == 3 else raw
+        if model.pre_processor is not None:
+            pixels = model.pre_processor.transform(pixels)
+        torch_model = model.model
+        with torch.no_grad():
+            self._features = torch_model.vision_encoder(pixels.to(torch_model.reference_memory.device))
+            self.scores: InferenceBatch = torch_model.scores(self._features, tuple(pixels.shape[-2:]))
+        self.history: list[tuple[str, str]] = []
+
+    def ask(self, question: str) -> str:
+        """Answer ``question`` given the conversation so far, and remember the turn."""
+        if not question.strip():
+            msg = "the question is empty."
+            raise ValueError(msg)
+        torch_model = self.model.model
+        prompt = multi_turn_prompt(self.history, question)
+        with torch.no_grad():
+            inputs = torch_model.llm_inputs(self._features, self.scores.anomaly_map, prompt)
+            answer = torch_model.ensure_llm_head().generate(*inputs, **torch_model.generation)[0]
+        self.history.append((question, answer))
+        return answer
+
+    def reset(self) -> None:
+        """Forget the conversation (the image stays encoded)."""
+        self.history.clear()

@@ -1,0 +1,192 @@
+"""The explanation head against the original's outputs, batching, chat, and its bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from anomalib_agpt import AnomalyGPT
+from anomalib_agpt.chat import AnomalyGPTChat
+from anomalib_agpt.checkpoints import CheckpointError
+from anomalib_agpt.conversation import default_question, is_anomalous_answer, multi_turn_prompt
+
+from .conftest import FIXTURES, PANDAGPT_DELTA
+
+QUERIES = ["query_0_rgb_blob.png", "query_1_gray_scratch.png", "query_2_rgba_good.png"]
+VICUNA = FIXTURES / "vicuna"
+TOL_EMBEDS = 1e-5
+TOL_LOGITS = 1e-4  # the issue's bound is 1e-3; reached ~7e-6
+
+
+@pytest.fixture(scope="module")
+def explainer(weights: dict[str, Any]) -> AnomalyGPT:
+    """The reference set's full model (fp32, greedy, 16 new tokens as the fixtures were made)."""
+    model = AnomalyGPT(
+        **weights,
+        class_name="bottle",
+        llm=str(VICUNA),
+        pandagpt_checkpoint=str(PANDAGPT_DELTA),
+        explain=True,
+        llm_dtype="fp32",
+        max_new_tokens=16,
+    ).eval()
+    model.prepare(load_llm=True)
+    return model
+
+
+def set_mode(model: AnomalyGPT, mode: str, expected: dict[str, Any]) -> None:
+    if mode == "few_shot":
+        model.model.set_references(expected["reference_pixel_values"])
+    else:
+        model.model.reference_memory = model.model.reference_memory[:, :0]
+
+
+def test_default_question_is_the_original_evaluation_question(expected: dict[str, Any]) -> None:
+    assert default_question("bottle") == expected["question"]
+    assert default_question("metal_nut").startswith("This is a photo of a metal nut for anomaly detection, which")
+    assert default_question("widget").endswith("Is there any anomaly in the image?")
+
+
+def test_tokenizer_segments_match(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
+    head = explainer.model.llm_head
+    segments, ids = expected["prompt_segments"], expected["token_ids"]
+    for name in ("before", "middle", "after"):
+        assert head.encode(segments[name]) == ids[name].tolist()
+    assert head.stop_token_id == expected["stop_token_id"]
+
+
+@pytest.mark.parametrize("mode", ["zero_shot", "few_shot"])
+@pytest.mark.parametrize("query", QUERIES)
+def test_llm_inputs_logits_and_answer_match(
+    explainer: AnomalyGPT,
+    expected: dict[str, Any],
+    query: str,
+    mode: str,
+) -> None:
+    reference = expected["queries"][query]
+    set_mode(explainer, mode, expected)
+    torch_model, head = explainer.model, explainer.model.llm_head
+    features = torch_model.vision_encoder(reference["pixel_values"])
+    anomaly_map = torch_model.anomaly_map(features, (224, 224))
+    prompts = head.prompt_learner(anomaly_map)
+    assert (prompts - reference[f"{mode}_prompts"]).abs().max() < TOL_EMBEDS
+    inputs_embeds, attention_mask = torch_model.build_llm_inputs(reference["pixel_values"], expected["question"])
+    assert inputs_embeds.shape == reference[f"{mode}_inputs_embeds"].shape
+    assert (inputs_embeds - reference[f"{mode}_inputs_embeds"]).abs().max() < TOL_EMBEDS
+    assert attention_mask.all()
+    logits = head.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits[:, -1]
+    assert (logits - reference[f"{mode}_logits_last"]).abs().max() < TOL_LOGITS
+    ids = head.generate_ids(inputs_embeds, attention_mask, max_new_tokens=16)[0]
+    assert ids == reference[f"{mode}_generated_ids"].tolist()
+    answer = torch_model.explain(reference["pixel_values"])  # default question = the fixture's
+    assert answer == [reference[f"{mode}_text_original_rule"]]
+    assert is_anomalous_answer(answer[0]) == reference[f"{mode}_yes_in_text"]
+
+
+def test_batched_answers_equal_one_by_one(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
+    """One generate call for a batch (left padding, KV cache) gives each image's own answer."""
+    set_mode(explainer, "few_shot", expected)
+    images = torch.cat([expected["queries"][q]["pixel_values"] for q in QUERIES])
+    questions = [expected["question"], "Is there any anomaly in the image?", "Anything wrong here?"]
+    batched = explainer.model.explain(images, questions)
+    single = [explainer.model.explain(images[i : i + 1], questions[i])[0] for i in range(len(QUERIES))]
+    assert batched == single
+    assert batched[0] == expected["queries"][QUERIES[0]]["few_shot_text_original_rule"]
+
+
+def test_chat_keeps_history(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
+    set_mode(explainer, "zero_shot", expected)
+    chat = AnomalyGPTChat(explainer, FIXTURES / "images" / QUERIES[1])
+    first = chat.ask(expected["question"])
+    second = chat.ask("Where is it?")
+    assert chat.history == [(expected["question"], first), ("Where is it?", second)]
+    prompt = multi_turn_prompt(chat.history[:1], "Where is it?")
+    assert prompt == f"{expected['question']}\n### Assistant: {first}\n### Human: Where is it?"
+    assert chat.scores.anomaly_map.shape == (1, 1, 224, 224)
+    with pytest.raises(ValueError, match="the question is empty"):
+        chat.ask("  ")
+
+
+def test_multi_turn_prompt_format() -> None:
+    history = [("q1", "a1"), ("q2", "a2")]
+    assert multi_turn_prompt([], "q") == "q"
+    assert multi_turn_prompt(history, "q3") == "q1\n### Assistant: a1\n### Human: q2\n### Assistant: a2\n### Human: q3"
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------------------------
+def head_for(weights: dict[str, Any], **changes: Any) -> Any:
+    options = {"llm": str(VICUNA), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "explain": True} | changes
+    return AnomalyGPT(**weights, **options).model.ensure_llm_head()
+
+
+def test_explain_needs_its_weights(weights: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="explain=True needs llm, pandagpt_checkpoint"):
+        AnomalyGPT(**weights, explain=True)
+
+
+def test_llm_folder_without_tokenizer(weights: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "vicuna"
+    shutil.copytree(VICUNA, folder)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+        (folder / name).unlink()
+    with pytest.raises(CheckpointError, match=r"llm: cannot load a tokenizer from '.*vicuna'.*tokenizer.model"):
+        head_for(weights, llm=str(folder))
+
+
+def test_vocab_and_embedding_mismatch(weights: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "vicuna"
+    shutil.copytree(VICUNA, folder)
+    (folder / "added_tokens.json").write_text('{"[PAD]": 420, "[EXTRA]": 421}')
+    with pytest.raises(CheckpointError, match="tokenizer of 422 tokens but an embedding of 421 rows"):
+        head_for(weights, llm=str(folder))
+
+
+def test_lora_for_another_hidden_size(weights: dict[str, Any], tmp_path: Path) -> None:
+    state = dict(torch.load(PANDAGPT_DELTA, weights_only=True))
+    for key in list(state):
+        if ".lora_A." in key:
+            state[key] = torch.zeros(4, 128, dtype=torch.float16)
+    path = tmp_path / "pandagpt.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="holds LoRA for hidden size 128; the LLM's is 64"):
+        head_for(weights, pandagpt_checkpoint=str(path))
+
+
+def test_pandagpt_delta_with_renamed_keys(weights: dict[str, Any], tmp_path: Path) -> None:
+    state = {k.replace("layers.1.", "layers.7."): v for k, v in torch.load(PANDAGPT_DELTA, weights_only=True).items()}
+    path = tmp_path / "pandagpt.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"does not match the LLM's layers: missing .*layers\.1\..*unexpected"):
+        head_for(weights, pandagpt_checkpoint=str(path))
+
+
+def test_lora_keys_without_adapter_name_are_accepted(weights: dict[str, Any], tmp_path: Path) -> None:
+    state = {k.replace(".default.", "."): v for k, v in torch.load(PANDAGPT_DELTA, weights_only=True).items()}
+    path = tmp_path / "pandagpt.pt"
+    torch.save(state, path)
+    assert head_for(weights, pandagpt_checkpoint=str(path)).stop_token_id == 265
+
+
+def test_question_too_long_for_the_context(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="exceed the LLM's context of 2048 tokens"):
+        explainer.model.explain(expected["queries"][QUERIES[0]]["pixel_values"], "why " * 3000)
+
+
+def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: dict[str, Any]) -> None:
+    model = AnomalyGPT(
+        **weights,
+        class_name="bottle",
+        llm=str(VICUNA),
+        pandagpt_checkpoint=str(PANDAGPT_DELTA),
+        explain=True,
+        merge_lora=True,
+        max_new_tokens=16,
+    )
+    reference = expected["queries"][QUERIES[1]]
+    assert model.model.explain(reference["pixel_values"]) == [reference["zero_shot_text_original_rule"]]
