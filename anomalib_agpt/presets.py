@@ -7,6 +7,8 @@ exercise the real loading code. Its numbers say nothing about real data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
 
 import torch
 
@@ -122,3 +124,87 @@ def random_anomalygpt_delta(sizes: PresetSizes, seed: int, num_layers: int = 4) 
         state[f"image_decoder.fc.{index}.weight"] = init.linear(sizes.embed_dim, sizes.vision_width).half()
         state[f"image_decoder.fc.{index}.bias"] = torch.zeros(sizes.embed_dim).half()
     return state
+
+
+# --------------------------------------------------------------------------------------------
+# Random explanation head (LLaMA folder, PandaGPT delta, prompt learner), original formats
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LlamaSizes:
+    """Sizes of a random LLaMA (Vicuna-7B: 4096 hidden, 32 layers, 32 heads, 11008 MLP, 32001 vocab)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    lora_rank: int = 8
+
+
+PROMPT_CHANNELS = (1, 4, 16, 64, 256, 1024)
+"""Channels of the prompt learner's first five convolutions (the last maps 1024 -> hidden)."""
+
+
+def random_prompt_learner_delta(hidden_size: int, seed: int, num_base_prompts: int = 9) -> dict[str, torch.Tensor]:
+    """``prompt_learner.*`` tensors in the AnomalyGPT delta layout (fp16, as released)."""
+    init = _Init(seed + 2)
+    state = {}
+    shapes = [(out, inp, 3) for inp, out in pairwise(PROMPT_CHANNELS)]
+    shapes.append((hidden_size, PROMPT_CHANNELS[-1], 5))
+    for index, (out_channels, in_channels, kernel) in enumerate(shapes):
+        fan_in = in_channels * kernel * kernel
+        state[f"prompt_learner.meta_net.{3 * index}.weight"] = init.normal(
+            out_channels, in_channels, kernel, kernel, std=fan_in**-0.5
+        ).half()
+        state[f"prompt_learner.meta_net.{3 * index}.bias"] = torch.zeros(out_channels).half()
+    state["prompt_learner.base_prompts"] = init.normal(num_base_prompts, hidden_size, std=0.02).half()
+    return state
+
+
+def random_pandagpt_delta(embed_dim: int, sizes: LlamaSizes, seed: int) -> dict[str, torch.Tensor]:
+    """``llama_proj`` and q/k/v/o LoRA in the PandaGPT delta layout (fp16, peft 0.3 key names)."""
+    init = _Init(seed + 3)
+    state = {
+        "llama_proj.weight": init.linear(sizes.hidden_size, embed_dim).half(),
+        "llama_proj.bias": torch.zeros(sizes.hidden_size).half(),
+    }
+    for layer in range(sizes.num_layers):
+        for projection in ("q", "k", "v", "o"):
+            prefix = f"llama_model.base_model.model.model.layers.{layer}.self_attn.{projection}_proj"
+            state[f"{prefix}.lora_A.default.weight"] = init.linear(sizes.lora_rank, sizes.hidden_size).half()
+            state[f"{prefix}.lora_B.default.weight"] = init.normal(sizes.hidden_size, sizes.lora_rank, std=0.01).half()
+    return state
+
+
+def write_random_llama(folder: str | Path, sizes: LlamaSizes, tokenizer_folder: str | Path, seed: int) -> Path:
+    """Save a random ``LlamaForCausalLM`` (fp16 safetensors) with a copy of an existing tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    if len(tokenizer) != sizes.vocab_size:
+        msg = f"vocab_size={sizes.vocab_size} but the tokenizer in '{tokenizer_folder}' has {len(tokenizer)} tokens."
+        raise ValueError(msg)
+    config = LlamaConfig(
+        vocab_size=sizes.vocab_size,
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_layers,
+        num_attention_heads=sizes.num_heads,
+        num_key_value_heads=sizes.num_heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).half()
+    model.save_pretrained(folder)
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(tokenizer_folder) / name).is_file():
+            shutil.copy(Path(tokenizer_folder) / name, folder / name)
+    tokenizer.save_pretrained(folder)
+    return folder

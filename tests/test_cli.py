@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -166,3 +167,41 @@ def test_configs_name_real_arguments(config: Path) -> None:
         parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
         assert set(content[section]["init_args"]) <= set(parameters), config.name
     assert content["model"]["class_path"] == "anomalib_agpt.AnomalyGPT"
+    for callback in content.get("trainer", {}).get("callbacks", []):
+        module, _, name = callback["class_path"].rpartition(".")
+        assert getattr(importlib.import_module(module), name)
+
+
+def test_explain_predict_writes_jsonl_from_the_cli(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+    """``--trainer.callbacks PredictionWriter`` with explain on: one JSON line per image, with its answer."""
+    from .conftest import FIXTURES, PANDAGPT_DELTA
+
+    images = cli_fit["root"] / CATEGORY / "test" / "good"
+    out = cli_fit["work"] / "explained"
+    run(
+        script("anomalib-agpt"),
+        "predict",
+        "--model",
+        "AnomalyGPT",
+        *model_args(weights, 1),
+        "--model.explain=true",
+        f"--model.llm={FIXTURES / 'vicuna'}",
+        f"--model.pandagpt_checkpoint={PANDAGPT_DELTA}",
+        "--model.max_new_tokens=8",
+        "--data",
+        images,
+        "--ckpt_path",
+        cli_fit["ckpt"],
+        "--default_root_dir",
+        out,
+        "--trainer.callbacks",
+        "anomalib_agpt.callbacks.PredictionWriter",
+        f"--trainer.callbacks.output_dir={out / 'predictions'}",
+        cwd=cli_fit["work"],
+    )
+    lines = (out / "predictions" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == len(list(images.glob("*.png")))
+    for record in map(json.loads, lines):
+        assert isinstance(record["explanation"], str)
+        assert record["pred_label"] == ("Yes" in record["explanation"])
+        assert 0.0 <= record["pred_score"] <= 1.0

@@ -1,0 +1,118 @@
+"""Explain mode through anomalib: explanations in batches, labels from answers, metrics, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+
+from anomalib_agpt import AnomalyGPT
+from anomalib_agpt.callbacks import PredictionWriter
+from anomalib_agpt.conversation import is_anomalous_answer
+from anomalib_agpt.data import make_synthetic_mvtec
+
+from .conftest import FIXTURES, PANDAGPT_DELTA
+
+CATEGORY = "tablet"
+
+
+@pytest.fixture(scope="module")
+def explain_options() -> dict[str, Any]:
+    return {
+        "llm": str(FIXTURES / "vicuna"),
+        "pandagpt_checkpoint": str(PANDAGPT_DELTA),
+        "explain": True,
+        "max_new_tokens": 12,
+        "k_shot": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def fitted(weights: dict[str, Any], explain_options: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("explain")
+    root = make_synthetic_mvtec(work / "data", categories=(CATEGORY,), num_train=2, num_test_good=2, num_test_defect=1)
+    datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=work / "results", logger=False, devices=1, enable_progress_bar=False)
+    model = AnomalyGPT(**weights, **explain_options)
+    engine.fit(model=model, datamodule=datamodule)
+    assert model.model.llm_head is None  # validation (threshold fitting) never needs the LLM
+    checkpoint = work / "results" / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"work": work, "root": root, "datamodule": datamodule, "engine": engine, "checkpoint": checkpoint}
+
+
+def test_test_fills_explanations_labels_and_answer_accuracy(
+    fitted: dict,
+    weights: dict[str, Any],
+    explain_options: dict[str, Any],
+) -> None:
+    model = AnomalyGPT(**weights, **explain_options)
+    metrics = fitted["engine"].test(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])[0]
+    assert {"image_AUROC", "pixel_AUROC", "AnswerAccuracy"} <= set(metrics)
+    assert 0.0 <= metrics["AnswerAccuracy"] <= 1.0
+    images = list((fitted["work"] / "results").rglob("images/**/*.png"))
+    assert images  # the explanation visualizer wrote its panels
+
+
+def test_predict_answers_every_image_and_labels_follow_answers(
+    fitted: dict,
+    weights: dict[str, Any],
+    explain_options: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    writer = PredictionWriter(output_dir=tmp_path / "predictions")
+    engine = Engine(default_root_dir=tmp_path, logger=False, devices=1, callbacks=[writer], enable_progress_bar=False)
+    model = AnomalyGPT(**weights, **explain_options)
+    batches = engine.predict(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])
+    for batch in batches:
+        assert len(batch.explanation) == len(batch.image)
+        expected = torch.tensor([is_anomalous_answer(answer) for answer in batch.explanation])
+        assert torch.equal(batch.pred_label.cpu().bool(), expected)
+    lines = [json.loads(line) for line in (tmp_path / "predictions" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == sum(len(batch.image) for batch in batches)
+    assert {line["explanation"] for line in lines} == {a for batch in batches for a in batch.explanation}
+    assert all((tmp_path / "predictions" / line["anomaly_map"]).is_file() for line in lines)
+
+
+def test_threshold_labels_when_asked(fitted: dict, weights: dict[str, Any], explain_options: dict[str, Any]) -> None:
+    model = AnomalyGPT(**weights, **explain_options, label_source="threshold")
+    batches = fitted["engine"].predict(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])
+    for batch in batches:
+        assert batch.explanation is not None
+        torch.testing.assert_close(batch.pred_label.float(), (batch.pred_score > 0.5).float())
+
+
+def test_export_from_an_explain_checkpoint_never_loads_the_llm(
+    fitted: dict,
+    weights: dict[str, Any],
+    explain_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def forbidden(*_: Any, **__: Any) -> None:
+        raise AssertionError("the LLM was loaded for export")
+
+    monkeypatch.setattr("anomalib_agpt.llm_head.LLMHead.from_spec", forbidden)
+    restored = AnomalyGPT.load_from_checkpoint(fitted["checkpoint"])
+    assert restored.explain
+    assert restored.model.llm_head is None
+    path = fitted["engine"].export(model=restored, export_type="torch", ckpt_path=fitted["checkpoint"])
+    exported = torch.load(path, weights_only=False)["model"]
+    assert exported.model.llm_head is None
+    assert exported(torch.rand(1, 3, 64, 64)).anomaly_map.shape == (1, 1, 224, 224)
+
+
+def test_export_after_explaining_leaves_the_llm_out(
+    weights: dict[str, Any], explain_options: dict, tmp_path: Path
+) -> None:
+    model = AnomalyGPT(**weights, **explain_options)
+    model.model.ensure_llm_head()
+    path = model.to_torch(tmp_path)
+    assert torch.load(path, weights_only=False)["model"].model.llm_head is None
+    assert model.model.llm_head is not None  # put back after export
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert not any("llm_head" in key for key in checkpoint["state_dict"])  # frozen: never in checkpoints
