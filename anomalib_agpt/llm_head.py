@@ -20,6 +20,7 @@ from torch import nn
 
 from . import checkpoints as ckpt
 from .conversation import ASSISTANT_CUE, IMAGE_PREFIX, IMAGE_SUFFIX, STOP_PIECE
+from .llm_loading import stream_safetensors_llm
 from .prompt_learner import PromptLearner
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,13 @@ def load_tokenizer(folder: Path) -> object:
 
 
 def load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
-    """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors."""
+    """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors.
+
+    safetensors folders stream into place (about one copy of the weights in memory); folders with
+    ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``.
+    """
+    if any(folder.glob("*.safetensors")):
+        return stream_safetensors_llm(folder, dtype).eval().requires_grad_(False)
     from transformers import AutoModelForCausalLM
 
     try:

@@ -34,7 +34,7 @@ def measure(weights: dict, batch: int, tokens: int, device: str) -> tuple[float,
     single = [model.model.explain(images[i : i + 1])[0] for i in range(batch)]
     single_rate = batch / (time.perf_counter() - start)
     if batched != single:
-        print("  note: batched and one-by-one answers differ (numerical ties)")  # noqa: T201
+        print("  note: batched and one-by-one answers differ (numerical ties)")
     return batched_rate, single_rate, parameters
 
 
@@ -54,11 +54,11 @@ def main() -> None:
         for name, weights in setups.items():
             batched, single, parameters = measure(weights, args.batch, args.tokens, args.device)
             figures.append(f"{name} ({parameters / 1e6:.1f}M): {batched / single:.2f}x")
-            print(  # noqa: T201
+            print(
                 f"{name:22s} {parameters / 1e6:7.1f}M params  batched {batched:7.2f} img/s  "
                 f"one-by-one {single:7.2f} img/s  speed-up {batched / single:.2f}x ({args.device})",
             )
-    print(f"batched vs one-by-one explanation speed-up at batch {args.batch}: " + "; ".join(figures))  # noqa: T201
+    print(f"batched vs one-by-one explanation speed-up at batch {args.batch}: " + "; ".join(figures))
 
 
 if __name__ == "__main__":

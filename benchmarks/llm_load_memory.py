@@ -20,18 +20,21 @@ from pathlib import Path
 from _setup import FIXTURES
 
 CHILD = """
-import json, resource, sys, psutil, torch
+import json, re, sys, pathlib, psutil, torch
 from anomalib_agpt.llm_head import load_llm
+load_llm(pathlib.Path(sys.argv[3]), torch.float32)  # warm-up: transformers imports its model code lazily
 before = psutil.Process().memory_info().rss
 model = load_llm(__import__('pathlib').Path(sys.argv[1]), getattr(torch, sys.argv[2]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork + exec
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 print(json.dumps({"added": peak - before, "params": sum(p.numel() for p in model.parameters())}))
 """
 
 
 def load_cost(folder: Path, dtype: str) -> dict:
-    """Bytes a load adds in a fresh process (imports done before measuring)."""
-    output = subprocess.run([sys.executable, "-c", CHILD, str(folder), dtype], capture_output=True, text=True, check=True)
+    """Bytes a load adds in a fresh process (imports and a tiny warm-up load done before measuring)."""
+    command = [sys.executable, "-c", CHILD, str(folder), dtype, str(FIXTURES / "vicuna")]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -49,9 +52,11 @@ def main() -> None:
         file_bytes = sum(p.stat().st_size for p in llm.glob("*.safetensors"))
         half = load_cost(llm, "float16")
         full = load_cost(llm, "float32")
-    print(f"LLM: {half['params'] / 1e6:.0f}M parameters, fp16 file {file_bytes / 2**20:.0f} MiB")  # noqa: T201
-    print(f"load in fp32: adds {full['added'] / 2**20:.0f} MiB = {full['added'] / file_bytes:.2f}x the file")  # noqa: T201
-    print(f"LLM load in fp16 adds {half['added'] / 2**20:.0f} MiB = {half['added'] / file_bytes:.2f}x its fp16 file size")  # noqa: T201
+    print(f"LLM: {half['params'] / 1e6:.0f}M parameters, fp16 file {file_bytes / 2**20:.0f} MiB")
+    print(f"load in fp32: adds {full['added'] / 2**20:.0f} MiB = {full['added'] / file_bytes:.2f}x the file")
+    print(
+        f"LLM load in fp16 adds {half['added'] / 2**20:.0f} MiB = {half['added'] / file_bytes:.2f}x its fp16 file size"
+    )
 
 
 if __name__ == "__main__":

@@ -190,3 +190,42 @@ def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: d
     )
     reference = expected["queries"][QUERIES[1]]
     assert model.model.explain(reference["pixel_values"]) == [reference["zero_shot_text_original_rule"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming LLM loader
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from anomalib_agpt.presets import LlamaSizes, write_random_llama
+
+    sizes = LlamaSizes(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, vocab_size=421)
+    return write_random_llama(tmp_path_factory.mktemp("llama") / "llm", sizes, VICUNA, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_streamed_llm_equals_from_pretrained(random_llama: Path, dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from anomalib_agpt.llm_head import load_llm
+
+    ours = load_llm(random_llama, dtype).state_dict()
+    theirs = AutoModelForCausalLM.from_pretrained(random_llama, dtype=dtype).state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key].dtype == dtype
+        assert torch.equal(ours[key], value), key
+
+
+def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp_path: Path) -> None:
+    import json
+
+    from anomalib_agpt.llm_head import load_llm
+
+    folder = tmp_path / "llm"
+    shutil.copytree(random_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 128
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"has model.layers.0.mlp.\w+_proj.weight of shape \[96, 64\]|\[64, 96\]"):
+        load_llm(folder, torch.float32)
