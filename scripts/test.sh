@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
 export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
-.venv/bin/ruff check anomalib_agpt tests
-.venv/bin/ruff format --check anomalib_agpt tests
+.venv/bin/ruff check anomalib_agpt tests benchmarks
+.venv/bin/ruff format --check anomalib_agpt tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"
