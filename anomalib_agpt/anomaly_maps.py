@@ -41,10 +41,14 @@ def zero_shot_logits(decoded_tokens: Sequence[torch.Tensor], text_features: torc
     return torch.stack([_to_grid(layer) for layer in logits])
 
 
+def zero_shot_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+    """Per tap, upsample the LOGITS, then softmax over [normal, abnormal]: ``L x (B, 2, H, W)``."""
+    return [_upsample(layer, size).softmax(dim=1) for layer in logits]
+
+
 def zero_shot_map(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Upsample each tap's LOGITS, softmax over [normal, abnormal], keep abnormal, mean taps: ``(B, 1, H, W)``."""
-    maps = [_upsample(layer, size).softmax(dim=1)[:, 1:] for layer in logits]
-    return torch.stack(maps).mean(dim=0)
+    """Mean over taps of the abnormal probability: ``(B, 1, H, W)``."""
+    return torch.stack([layer[:, 1:] for layer in zero_shot_probabilities(logits, size)]).mean(dim=0)
 
 
 def normalise_memory(patch_tokens: Sequence[torch.Tensor]) -> torch.Tensor:

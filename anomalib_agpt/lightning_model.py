@@ -28,16 +28,27 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
 
+from .anomaly_maps import zero_shot_logits, zero_shot_probabilities
 from .callbacks import ExplanationVisualizer
 from .checkpoints import CheckpointError
 from .conversation import is_anomalous_answer
 from .llm_head import LLMDtype, LLMHeadSpec
+from .loss import pixel_loss
 from .metrics import AnswerAccuracy
 from .pre_processing import ResizeMode, build_pre_processor
 from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from .prompting import category_to_class_name
 from .references import list_reference_images, load_reference_images
 from .torch_model import AnomalyGPTModel, FewShotMode
+from .training import (
+    SynthesisMode,
+    TrainablePart,
+    make_synthetic_batch,
+    save_anomalygpt_delta,
+    set_trainable,
+    synthesis_settings,
+    warmup_decay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +182,14 @@ class AnomalyGPT(AnomalibModule):
         do_sample: Sample instead of greedy decoding (the original samples with top_p 0.01-0.1).
         top_p: Nucleus size when sampling.
         temperature: Temperature when sampling.
+        trainable: Train on the datamodule's normal images with synthetic anomalies (learning type
+            ONE_CLASS): the parts that learn, e.g. ``[decoder]`` or ``[decoder, prompt_learner]``.
+            ``None`` (default): nothing trains (zero-/few-shot).
+        synthesis: Synthetic-anomaly settings: ``auto`` (texture for texture classes), ``object``, ``texture``.
+        learning_rate: Peak AdamW learning rate (the original: 1e-3).
+        weight_decay: AdamW weight decay (the original: 1e-3).
+        warmup_ratio: Share of the steps with a linear warm-up; then linear decay.
+        pixel_loss_weight: Weight of focal + dice over the four tap maps.
         pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
         post_processor: Post-processor, or ``True`` for anomalib's default.
         evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
@@ -202,6 +221,12 @@ class AnomalyGPT(AnomalibModule):
         do_sample: bool = False,
         top_p: float = 0.1,
         temperature: float = 1.0,
+        trainable: list[TrainablePart] | None = None,
+        synthesis: SynthesisMode = "auto",
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-3,
+        warmup_ratio: float = 0.1,
+        pixel_loss_weight: float = 1.0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -213,6 +238,12 @@ class AnomalyGPT(AnomalibModule):
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
         spec = explanation_spec(llm, pandagpt_checkpoint, anomalygpt_checkpoint, explain, llm_dtype, merge_lora)
+        head_parts = [part for part in trainable or [] if part != "decoder"]
+        if head_parts and spec is None:
+            msg = (
+                f"trainable={trainable}: {head_parts} belong to the explanation head; pass llm and pandagpt_checkpoint."
+            )
+            raise ValueError(msg)
         model = build_torch_model(
             imagebind_checkpoint,
             anomalygpt_checkpoint,
@@ -250,6 +281,13 @@ class AnomalyGPT(AnomalibModule):
         self.explain = explain
         self.question = question
         self.label_source = label_source
+        self.trainable = list(trainable or [])
+        self.synthesis = synthesis
+        self.seed = seed
+        self.optimiser_settings = {"lr": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
+        self.pixel_loss_weight = pixel_loss_weight
+        if "decoder" in self.trainable:
+            set_trainable(self.model, ["decoder"])  # the LLM parts follow when the head loads (on_train_start)
         self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
 
     # ----------------------------------------------------------------------------------------
@@ -257,18 +295,53 @@ class AnomalyGPT(AnomalibModule):
     # ----------------------------------------------------------------------------------------
     @property
     def learning_type(self) -> LearningType:
-        """ZERO_SHOT without references, FEW_SHOT with ``k_shot`` of them."""
+        """ONE_CLASS when training, else ZERO_SHOT without references and FEW_SHOT with them."""
+        if self.trainable:
+            return LearningType.ONE_CLASS
         return LearningType.FEW_SHOT if self.k_shot else LearningType.ZERO_SHOT
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Nothing to impose: devices, precision and epochs stay the user's."""
-        return {}
+        """Gradient clipping at 1.0 when training (the original's); devices, precision, epochs stay the user's."""
+        return {"gradient_clip_val": 1.0} if self.trainable else {}
 
-    @staticmethod
-    def configure_optimizers() -> None:
-        """Nothing trains in the scores path."""
-        return
+    def configure_optimizers(self) -> dict[str, Any] | None:
+        """AdamW (betas 0.9/0.95) over the trainable parts, warm-up then linear decay per step."""
+        if not self.trainable:
+            return None
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        settings = self.optimiser_settings
+        optimizer = torch.optim.AdamW(
+            parameters,
+            lr=settings["lr"],
+            betas=(0.9, 0.95),
+            weight_decay=settings["weight_decay"],
+        )
+        scheduler = warmup_decay(optimizer, int(self.trainer.estimated_stepping_batches), settings["warmup_ratio"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Text features for the class, and the LLM head if a part of it trains."""
+        needs_head = any(part != "decoder" for part in self.trainable)
+        self.prepare(load_llm=needs_head)
+        set_trainable(self.model, self.trainable)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
+        """Normal images and their synthetic twins -> focal + dice on every tap map."""
+        del args, kwargs
+        settings = synthesis_settings(self.synthesis, self.model.class_name)
+        synthetic = make_synthetic_batch(batch.image, batch.image_path, settings, self.seed, self.current_epoch)
+        with torch.no_grad():
+            features = self.model.vision_encoder(synthetic.images)
+        logits = zero_shot_logits(self.model.decoder(features.patch_tokens), self.model.text_features)
+        probabilities = zero_shot_probabilities(logits, tuple(synthetic.images.shape[-2:]))
+        loss = self.pixel_loss_weight * pixel_loss(probabilities, synthetic.masks)
+        self.log("train_loss", loss, prog_bar=True, batch_size=synthetic.images.shape[0])
+        return loss
+
+    def save_anomalygpt_delta(self, path: str | Path) -> Path:
+        """Write the decoder (and prompt learner) as an original-format AnomalyGPT delta."""
+        return save_anomalygpt_delta(self.model, path)
 
     @classmethod
     def configure_pre_processor(

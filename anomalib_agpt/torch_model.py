@@ -58,6 +58,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.class_name: str | None = None
         self.llm_head: LLMHead | None = None
         self.llm_spec: LLMHeadSpec | None = None
+        self.anomalygpt_source: str | None = None
         self.generation: dict[str, float | int | bool] = {"max_new_tokens": 128}
 
     # ----------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         """Build from ``imagebind_huge.pth`` and an AnomalyGPT delta, memory-mapped."""
         imagebind_path = ckpt.resolve_weight_path(imagebind_checkpoint, "imagebind_checkpoint")
         anomalygpt_path = ckpt.resolve_weight_path(anomalygpt_checkpoint, "anomalygpt_checkpoint")
-        return cls.from_state_dicts(
+        model = cls.from_state_dicts(
             ckpt.load_state_dict_file(imagebind_path, "imagebind_checkpoint"),
             ckpt.load_state_dict_file(anomalygpt_path, "anomalygpt_checkpoint"),
             vision_heads=vision_heads,
@@ -122,6 +123,8 @@ class AnomalyGPTModel(DynamicBufferMixin):
             few_shot_mode=few_shot_mode,
             sources=(str(imagebind_path), str(anomalygpt_path)),
         )
+        model.anomalygpt_source = str(anomalygpt_path)
+        return model
 
     # ----------------------------------------------------------------------------------------
     # Set-up: text features and references, computed once

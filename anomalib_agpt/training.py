@@ -1,0 +1,138 @@
+"""Training AnomalyGPT on normal images: synthetic batches, what trains, optimiser, delta files."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from . import checkpoints as ckpt
+from .checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
+from .conversation import NORMAL_ANSWER
+from .pre_processing import CLIP_MEAN, CLIP_STD
+from .synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
+from .torch_model import AnomalyGPTModel
+
+TrainablePart = Literal["decoder", "prompt_learner", "lora", "llama_proj", "llm"]
+SynthesisMode = Literal["auto", "object", "texture"]
+
+TEXTURE_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood", "weave"})
+"""Classes whose synthetic patches use the texture settings (MVTec AD's textures, the demo's weave)."""
+
+
+def set_trainable(model: AnomalyGPTModel, parts: Sequence[TrainablePart]) -> None:
+    """Freeze everything, then unfreeze ``parts`` (the LLM parts need the head loaded)."""
+    model.requires_grad_(False)
+    head = model.llm_head
+    for part in parts:
+        if part == "decoder":
+            model.decoder.requires_grad_(True)
+            continue
+        if head is None:
+            msg = f"trainable part '{part}' belongs to the explanation head: pass llm and pandagpt_checkpoint."
+            raise ValueError(msg)
+        if part == "prompt_learner":
+            head.prompt_learner.requires_grad_(True)
+        elif part == "llama_proj":
+            head.llama_proj.requires_grad_(True)
+        elif part == "llm":
+            head.llm.requires_grad_(True)
+        elif part == "lora":
+            for name, parameter in head.llm.named_parameters():
+                parameter.requires_grad_(".lora_" in name)
+        else:
+            msg = f"trainable part '{part}' is unknown; expected decoder, prompt_learner, lora, llama_proj or llm."
+            raise ValueError(msg)
+
+
+def synthesis_settings(mode: SynthesisMode, class_name: str | None) -> SynthesisSettings:
+    """Texture settings for texture classes (or when asked), object settings otherwise."""
+    if mode == "texture" or (mode == "auto" and (class_name or "") in TEXTURE_CLASSES):
+        return texture_settings()
+    return object_settings()
+
+
+@dataclass
+class SyntheticBatch:
+    """Normal images followed by their synthetic twins, with masks and target answers."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    answers: list[str]
+
+
+def _sample_key(path: str | None, fallback: int) -> int:
+    """A stable per-image key, so an image gets the same anomaly in an epoch whatever the order."""
+    return zlib.crc32(path.encode()) if path else fallback
+
+
+def make_synthetic_batch(
+    images: torch.Tensor,
+    paths: Sequence[str] | None,
+    settings: SynthesisSettings,
+    seed: int,
+    epoch: int,
+) -> SyntheticBatch:
+    """From CLIP-normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
+
+    Randomness comes from ``(seed, epoch, image key)``; the patch source is the next image of the
+    batch (the image itself, flipped, for a batch of one).
+    """
+    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    raw = (images * std + mean).clamp(0, 1).float().cpu()
+    twins, masks, answers = [], [], []
+    for index in range(raw.shape[0]):
+        source = raw[(index + 1) % raw.shape[0]] if raw.shape[0] > 1 else raw[index].flip(-1)
+        key = _sample_key(paths[index] if paths else None, index)
+        sample = synthesize(raw[index], source, settings, np.random.default_rng([seed, epoch, key]))
+        twins.append(sample.image)
+        masks.append(sample.mask)
+        answers.append(sample.answer)
+    anomalous = (torch.stack(twins).to(images.device) - mean) / std
+    return SyntheticBatch(
+        images=torch.cat([images, anomalous.to(images.dtype)]),
+        masks=torch.cat([torch.zeros_like(torch.stack(masks)), torch.stack(masks)]).to(images.device),
+        answers=[NORMAL_ANSWER] * raw.shape[0] + answers,
+    )
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
+    warmup = max(1, round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return LambdaLR(optimizer, factor)
+
+
+def anomalygpt_delta(model: AnomalyGPTModel) -> dict[str, torch.Tensor]:
+    """``image_decoder.*`` and ``prompt_learner.*`` tensors in the released file's layout (fp16).
+
+    Without a loaded explanation head, the prompt learner is carried over from the delta the model
+    was built from, so a fine-tuned decoder never silently drops it.
+    """
+    state = {DECODER_PREFIX + k: v for k, v in model.decoder.state_dict().items()}
+    if model.llm_head is not None:
+        state |= {PROMPT_LEARNER_PREFIX + k: v for k, v in model.llm_head.prompt_learner.state_dict().items()}
+    elif model.anomalygpt_source is not None:
+        source = ckpt.load_state_dict_file(model.anomalygpt_source, "anomalygpt_checkpoint")
+        state |= {k: v for k, v in source.items() if k.startswith(PROMPT_LEARNER_PREFIX)}
+    return {key: value.detach().to("cpu", torch.float16).clone() for key, value in state.items()}
+
+
+def save_anomalygpt_delta(model: AnomalyGPTModel, path: str | Path) -> Path:
+    """Write a delta that ``anomalygpt_checkpoint=`` (and the original code) loads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(anomalygpt_delta(model), path)
+    return path

@@ -1,0 +1,152 @@
+"""Training with ``anomalib fit``: the loss falls, checkpoints stay lean, resume, delta round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
+
+from anomalib_agpt import AnomalyGPT
+from anomalib_agpt.data import make_synthetic_mvtec
+from anomalib_agpt.synthesis import object_settings
+from anomalib_agpt.training import make_synthetic_batch, warmup_decay
+
+from .conftest import IMAGEBIND
+
+CATEGORY = "washer"
+
+
+class LossRecorder(Callback):
+    """Keeps every training loss."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.fixture(scope="module")
+def datamodule(tmp_path_factory: pytest.TempPathFactory) -> MVTecAD:
+    root = make_synthetic_mvtec(
+        tmp_path_factory.mktemp("data"),
+        categories=(CATEGORY,),
+        num_train=4,
+        num_test_good=2,
+        num_test_defect=1,
+        image_size=96,
+    )
+    return MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=4, num_workers=0)
+
+
+def fit(weights: dict[str, Any], datamodule: MVTecAD, root: Path, epochs: int, ckpt_path: Path | None = None) -> tuple:
+    seed_everything(0)
+    recorder = LossRecorder()
+    model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
+    engine = Engine(
+        default_root_dir=root,
+        logger=False,
+        max_epochs=epochs,
+        callbacks=[recorder],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model, recorder.losses, engine
+
+
+@pytest.fixture(scope="module")
+def trained(weights: dict[str, Any], datamodule: MVTecAD, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("train")
+    model, losses, engine = fit(weights, datamodule, root, epochs=8)
+    checkpoint = root / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"model": model, "losses": losses, "checkpoint": checkpoint, "root": root, "engine": engine}
+
+
+def test_training_is_one_class_and_clips_gradients(weights: dict[str, Any]) -> None:
+    model = AnomalyGPT(**weights, trainable=["decoder"])
+    assert model.learning_type == LearningType.ONE_CLASS
+    assert model.trainer_arguments == {"gradient_clip_val": 1.0}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"model.decoder.fc.{i}.{kind}" for i in range(4) for kind in ("weight", "bias")
+    }
+
+
+def test_llm_parts_need_the_head(weights: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"\['prompt_learner'\] belong to the explanation head; pass llm"):
+        AnomalyGPT(**weights, trainable=["decoder", "prompt_learner"])
+
+
+def test_short_fit_lowers_the_loss(trained: dict) -> None:
+    losses = trained["losses"]
+    assert len(losses) == 16
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+
+
+def test_checkpoint_holds_trained_weights_and_optimizer_only(trained: dict) -> None:
+    checkpoint = torch.load(trained["checkpoint"], weights_only=False)
+    trained_keys = {k for k in checkpoint["state_dict"] if k.startswith("model.decoder.")}
+    assert len(trained_keys) == 8
+    assert not any("vision_encoder" in k or "text_encoder" in k for k in checkpoint["state_dict"])
+    assert checkpoint["optimizer_states"]
+    assert trained["checkpoint"].stat().st_size < IMAGEBIND.stat().st_size / 20
+    restored = AnomalyGPT.load_from_checkpoint(trained["checkpoint"])
+    for key in trained_keys:
+        name = key.removeprefix("model.")
+        torch.testing.assert_close(restored.model.state_dict()[name], trained["model"].model.state_dict()[name])
+
+
+def test_resume_continues_from_the_checkpoint(
+    trained: dict,
+    weights: dict[str, Any],
+    datamodule: MVTecAD,
+    tmp_path: Path,
+) -> None:
+    _, losses, engine = fit(weights, datamodule, tmp_path, epochs=10, ckpt_path=trained["checkpoint"])
+    assert len(losses) == 4  # epochs 8 and 9 only
+    assert engine.trainer.current_epoch == 10
+    assert losses[-1] < trained["losses"][0]
+
+
+def test_delta_round_trip(trained: dict, weights: dict[str, Any], tmp_path: Path) -> None:
+    path = trained["model"].save_anomalygpt_delta(tmp_path / "pytorch_model.pt")
+    delta = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in delta.values())
+    assert {k for k in delta if k.startswith("image_decoder.")} == {
+        f"image_decoder.fc.{i}.{kind}" for i in range(4) for kind in ("weight", "bias")
+    }
+    assert any(k.startswith("prompt_learner.") for k in delta)  # carried over from the released delta
+    reloaded = AnomalyGPT(**{**weights, "anomalygpt_checkpoint": str(path)})
+    for name, value in trained["model"].model.decoder.state_dict().items():
+        torch.testing.assert_close(reloaded.model.decoder.state_dict()[name], value.half().float())
+
+
+def test_synthetic_batch_keeps_normals_and_is_deterministic() -> None:
+    images = torch.randn(2, 3, 64, 64)
+    first = make_synthetic_batch(images, ["a.png", "b.png"], object_settings(), seed=3, epoch=1)
+    again = make_synthetic_batch(images, ["a.png", "b.png"], object_settings(), seed=3, epoch=1)
+    other = make_synthetic_batch(images, ["a.png", "b.png"], object_settings(), seed=3, epoch=2)
+    assert torch.equal(first.images[:2], images)
+    assert first.answers[:2] == ["No, there is no anomaly in the image."] * 2
+    assert all(a.startswith("Yes") for a in first.answers[2:])
+    assert torch.equal(first.images, again.images)
+    assert not torch.equal(first.images[2:], other.images[2:])
+    assert first.masks[:2].sum() == 0
+    assert first.masks[2:].sum() > 0
+
+
+def test_warmup_then_linear_decay() -> None:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup_decay(optimizer, total_steps=10, warmup_ratio=0.2)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
