@@ -156,6 +156,17 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     module.load_state_dict(cast, strict=True, assign=True)
 
 
+def load_strict_subset(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load some of ``module``'s tensors (e.g. its trained parts); unknown or mis-shaped keys are errors."""
+    expected = module.state_dict()
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [k for k in state_dict if k in expected and state_dict[k].shape != expected[k].shape]
+    if unexpected or mismatched:
+        msg = f"{source} does not match the model: unexpected {_keys(unexpected)}; mis-shaped {_keys(mismatched)}"
+        raise CheckpointError(msg)
+    module.load_state_dict(dict(state_dict), strict=False)
+
+
 # --------------------------------------------------------------------------------------------
 # ImageBind -> open_clip
 # --------------------------------------------------------------------------------------------

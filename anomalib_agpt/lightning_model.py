@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -31,7 +32,7 @@ from torch import nn
 from .anomaly_maps import zero_shot_logits, zero_shot_probabilities
 from .callbacks import ExplanationVisualizer
 from .checkpoints import CheckpointError
-from .conversation import is_anomalous_answer
+from .conversation import ConversationName, default_question, is_anomalous_answer
 from .llm_head import LLMDtype, LLMHeadSpec
 from .loss import pixel_loss
 from .metrics import AnswerAccuracy
@@ -44,6 +45,7 @@ from .training import (
     SynthesisMode,
     TrainablePart,
     make_synthetic_batch,
+    rotation_reference_map,
     save_anomalygpt_delta,
     set_trainable,
     synthesis_settings,
@@ -53,6 +55,7 @@ from .training import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
+HEAD_PREFIX = "model.llm_head."
 Preset = Literal["random-small"]
 LabelSource = Literal["answer", "threshold"]
 
@@ -112,38 +115,34 @@ def explanation_spec(
     pandagpt_checkpoint: str | Path | None,
     anomalygpt_checkpoint: str | Path | None,
     explain: bool,
-    llm_dtype: LLMDtype,
-    merge_lora: bool,
+    options: dict[str, Any],
 ) -> LLMHeadSpec | None:
-    """Where the explanation head comes from; with ``explain`` every part must be named.
+    """Where the explanation head comes from; with ``explain`` every needed part must be named.
 
     Nothing is read here: the LLM loads on first use, so exporting or restoring a checkpoint made
-    with ``explain`` never needs the LLM files.
+    with ``explain`` never needs the LLM files. ``options`` are the head's remaining spec fields;
+    parts in ``options["fresh_parts"]`` (the trainable ones) may start untrained.
     """
-    if explain:
-        missing = [
-            name
-            for name, value in (
-                ("llm", llm),
-                ("pandagpt_checkpoint", pandagpt_checkpoint),
-                ("anomalygpt_checkpoint", anomalygpt_checkpoint),
-            )
-            if not value
-        ]
-        if missing:
-            msg = (
-                f"explain=True needs {', '.join(missing)}: the LLM folder (Vicuna-7B v0), the PandaGPT delta and "
-                "the AnomalyGPT delta (its prompt learner). See the README's weights table."
-            )
-            raise ValueError(msg)
-    if not (llm and pandagpt_checkpoint):
+    fresh = options.get("fresh_parts", ())
+    needed = {
+        "llm": llm,
+        "pandagpt_checkpoint": pandagpt_checkpoint or ("llama_proj" in fresh),
+        "anomalygpt_checkpoint": anomalygpt_checkpoint or ("prompt_learner" in fresh),
+    }
+    missing = [name for name, value in needed.items() if not value]
+    if explain and missing:
+        msg = (
+            f"explain=True needs {', '.join(missing)}: the LLM folder (Vicuna-7B v0), the PandaGPT delta and "
+            "the AnomalyGPT delta (its prompt learner), unless those parts train. See the README's weights table."
+        )
+        raise ValueError(msg)
+    if not llm:
         return None
     return LLMHeadSpec(
         llm=str(llm),
-        pandagpt_checkpoint=str(pandagpt_checkpoint),
+        pandagpt_checkpoint=str(pandagpt_checkpoint) if pandagpt_checkpoint else None,
         anomalygpt_checkpoint=str(anomalygpt_checkpoint) if anomalygpt_checkpoint else None,
-        llm_dtype=llm_dtype,
-        merge_lora=merge_lora,
+        **options,
     )
 
 
@@ -190,6 +189,11 @@ class AnomalyGPT(AnomalibModule):
         weight_decay: AdamW weight decay (the original: 1e-3).
         warmup_ratio: Share of the steps with a linear warm-up; then linear decay.
         pixel_loss_weight: Weight of focal + dice over the four tap maps.
+        lm_loss_weight: Weight of the answer cross-entropy (when a part of the explanation head trains).
+        few_shot_prompt_probability: Share of training batches whose prompt learner sees the 1-shot map
+            (reference: a normal image of the batch in 4 rotations) instead of the zero-shot map.
+        conversation: ``auto`` (the LLM's chat template if its tokenizer has one, else PandaGPT's),
+            ``pandagpt`` (Vicuna v0, the released weights) or ``chat``.
         pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
         post_processor: Post-processor, or ``True`` for anomalib's default.
         evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
@@ -227,6 +231,9 @@ class AnomalyGPT(AnomalibModule):
         weight_decay: float = 1e-3,
         warmup_ratio: float = 0.1,
         pixel_loss_weight: float = 1.0,
+        lm_loss_weight: float = 1.0,
+        few_shot_prompt_probability: float = 0.5,
+        conversation: ConversationName = "auto",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -237,12 +244,17 @@ class AnomalyGPT(AnomalibModule):
             raise ValueError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
-        spec = explanation_spec(llm, pandagpt_checkpoint, anomalygpt_checkpoint, explain, llm_dtype, merge_lora)
+        head_options = {
+            "llm_dtype": llm_dtype,
+            "merge_lora": merge_lora,
+            "conversation": conversation,
+            "fresh_parts": tuple(trainable or ()),
+            "seed": seed,
+        }
+        spec = explanation_spec(llm, pandagpt_checkpoint, anomalygpt_checkpoint, explain, head_options)
         head_parts = [part for part in trainable or [] if part != "decoder"]
         if head_parts and spec is None:
-            msg = (
-                f"trainable={trainable}: {head_parts} belong to the explanation head; pass llm and pandagpt_checkpoint."
-            )
+            msg = f"trainable={trainable}: {head_parts} belong to the explanation head; pass llm (an LLM folder)."
             raise ValueError(msg)
         model = build_torch_model(
             imagebind_checkpoint,
@@ -285,7 +297,8 @@ class AnomalyGPT(AnomalibModule):
         self.synthesis = synthesis
         self.seed = seed
         self.optimiser_settings = {"lr": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
-        self.pixel_loss_weight = pixel_loss_weight
+        self.loss_weights = {"pixel": pixel_loss_weight, "lm": lm_loss_weight}
+        self.few_shot_prompt_probability = few_shot_prompt_probability
         if "decoder" in self.trainable:
             set_trainable(self.model, ["decoder"])  # the LLM parts follow when the head loads (on_train_start)
         self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
@@ -326,16 +339,27 @@ class AnomalyGPT(AnomalibModule):
         self.prepare(load_llm=needs_head)
         set_trainable(self.model, self.trainable)
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
-        """Normal images and their synthetic twins -> focal + dice on every tap map."""
-        del args, kwargs
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""
         settings = synthesis_settings(self.synthesis, self.model.class_name)
         synthetic = make_synthetic_batch(batch.image, batch.image_path, settings, self.seed, self.current_epoch)
+        size = tuple(synthetic.images.shape[-2:])
         with torch.no_grad():
             features = self.model.vision_encoder(synthetic.images)
         logits = zero_shot_logits(self.model.decoder(features.patch_tokens), self.model.text_features)
-        probabilities = zero_shot_probabilities(logits, tuple(synthetic.images.shape[-2:]))
-        loss = self.pixel_loss_weight * pixel_loss(probabilities, synthetic.masks)
+        probabilities = zero_shot_probabilities(logits, size)
+        pixel = pixel_loss(probabilities, synthetic.masks)
+        loss = self.loss_weights["pixel"] * pixel
+        self.log("train_pixel_loss", pixel, batch_size=synthetic.images.shape[0])
+        if any(part != "decoder" for part in self.trainable):
+            prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
+            rng = np.random.default_rng([self.seed, self.current_epoch, batch_idx])
+            if rng.random() < self.few_shot_prompt_probability:
+                prompt_map = rotation_reference_map(self.model, batch.image[0], features, size)
+            questions = [self.question or default_question(self.model.class_name or "object")] * len(synthetic.answers)
+            lm = self.model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
+            loss = loss + self.loss_weights["lm"] * lm
+            self.log("train_lm_loss", lm, batch_size=synthetic.images.shape[0])
         self.log("train_loss", loss, prog_bar=True, batch_size=synthetic.images.shape[0])
         return loss
 
@@ -462,7 +486,9 @@ class AnomalyGPT(AnomalibModule):
         """Drop frozen weights (they come back from the weight files) and keep the class name."""
         super().on_save_checkpoint(checkpoint)
         frozen = self._frozen_parameter_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        state = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        state |= {HEAD_PREFIX + k: v for k, v in self.model.pending_head_state.items()}
+        checkpoint["state_dict"] = state
         checkpoint["anomalygpt_class_name"] = self.model.class_name
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -474,6 +500,10 @@ class AnomalyGPT(AnomalibModule):
         """
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
+        if self.model.llm_head is None:  # trained head weights wait until the head loads (lazily)
+            head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
+            self.model.pending_head_state = {k.removeprefix(HEAD_PREFIX): state[k] for k in head_keys}
+            state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
         frozen = {name: p for name, p in self.named_parameters() if not p.requires_grad}
         own = set(self.state_dict())
         missing = sorted(own - set(frozen) - set(state))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import checkpoints as ckpt
-from .conversation import ASSISTANT_CUE, IMAGE_PREFIX, IMAGE_SUFFIX, STOP_PIECE
+from .conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
 from .llm_loading import stream_safetensors_llm
 from .prompt_learner import PromptLearner
 
@@ -49,20 +49,35 @@ class LLMHeadSpec:
     """Where the explanation head's parts come from; loading happens only when an answer is needed."""
 
     llm: str
-    pandagpt_checkpoint: str
+    pandagpt_checkpoint: str | None
     anomalygpt_checkpoint: str | None = None
     llm_dtype: LLMDtype = "auto"
     lora_scale: float = 1.0
     merge_lora: bool = False
+    conversation: ConversationName = "auto"
+    fresh_parts: tuple[str, ...] = ()
+    """Parts that may start from a fresh initialisation when no weights fit (the ones that train)."""
+    lora_rank: int = 8
+    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+def _gguf(path: Path) -> dict[str, str]:
+    """``from_pretrained`` arguments for a single ``.gguf`` file (needs the ``gguf`` package)."""
+    return {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+
+
 def load_tokenizer(folder: Path) -> object:
-    """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA)."""
+    """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA).
+
+    ``folder`` may also be a ``.gguf`` file, whose tokenizer transformers reads with ``gguf``.
+    """
     from transformers import AutoTokenizer
 
+    if folder.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(folder.parent, local_files_only=True, **_gguf(folder))
     expected = "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)"
     if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
         msg = f"llm: cannot load a tokenizer from '{folder}': it lacks {expected}."
@@ -81,17 +96,18 @@ def load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
     safetensors folders stream into place (about one copy of the weights in memory); folders with
     ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``.
     """
-    if any(folder.glob("*.safetensors")):
+    if folder.is_dir() and any(folder.glob("*.safetensors")):
         return stream_safetensors_llm(folder, dtype).eval().requires_grad_(False)
     from transformers import AutoModelForCausalLM
 
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            folder,
+            folder.parent if folder.suffix == ".gguf" else folder,
             dtype=dtype,
             low_cpu_mem_usage=True,
             local_files_only=True,
             output_loading_info=True,
+            **_gguf(folder),
         )
     except Exception as error:
         msg = f"llm: cannot load a causal LM from '{folder}': {type(error).__name__}: {error}"
@@ -162,6 +178,38 @@ def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, 
     llm.requires_grad_(False)
 
 
+def attach_fresh_lora(llm: nn.Module, rank: int, scale: float) -> None:
+    """A new LoRA on q/k/v/o (B = 0, so the LLM starts unchanged) for training a small LLM."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+    inject_adapter_in_model(config, llm)
+    llm.requires_grad_(False)
+
+
+def _prompt_learner(
+    spec: LLMHeadSpec,
+    prompt_state: Mapping[str, torch.Tensor],
+    hidden: int,
+    folder: Path,
+) -> PromptLearner:
+    """The delta's prompt learner when it fits the LLM; a fresh one when it may train from scratch."""
+    source = spec.anomalygpt_checkpoint or "<anomalygpt delta>"
+    fits = bool(prompt_state) and PromptLearner.from_state_dict(prompt_state, source).hidden_size == hidden
+    if fits:
+        prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
+        ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
+        return prompt_learner
+    if "prompt_learner" in spec.fresh_parts:
+        return PromptLearner.fresh(hidden)
+    width = PromptLearner.from_state_dict(prompt_state, source).hidden_size if prompt_state else "no"
+    msg = (
+        f"AnomalyGPT delta '{source}' makes prompts of width {width}; the LLM '{folder}' has hidden size {hidden}. "
+        "Train a new prompt learner (trainable includes 'prompt_learner') for another LLM."
+    )
+    raise ckpt.CheckpointError(msg)
+
+
 def merge_lora(llm: nn.Module) -> None:
     """Fold the LoRA into the base weights (faster inference; rounds in the LLM's dtype)."""
     from peft.tuners.lora import LoraLayer
@@ -183,15 +231,19 @@ class LLMHead(nn.Module):
         llama_proj: nn.Linear,
         llm: nn.Module,
         tokenizer: object,
+        conversation: ConversationFormat,
     ) -> None:
         super().__init__()
         self.prompt_learner = prompt_learner
         self.llama_proj = llama_proj
         self.llm = llm
         self.tokenizer = tokenizer
-        self.stop_token_id = self._stop_token_id()
+        self.conversation = conversation
+        self.stop_token_id = self._stop_token_id() if conversation.name == "pandagpt" else None
         self.context_length = int(getattr(llm.config, "max_position_embeddings", 2048))
-        self._segment_ids = {text: self.encode(text) for text in (IMAGE_PREFIX, IMAGE_SUFFIX)}
+        bos = [tokenizer.bos_token_id] if conversation.add_bos else []
+        self._before_ids = bos + self.encode(conversation.before)
+        self._middle_ids = self.encode(conversation.middle)
 
     @classmethod
     def from_spec(
@@ -201,38 +253,37 @@ class LLMHead(nn.Module):
         image_embed_dim: int,
         device: torch.device,
     ) -> LLMHead:
-        """Load the LLM folder, the PandaGPT delta and the prompt learner, all strictly."""
+        """Load the LLM, the PandaGPT delta and the prompt learner strictly; fresh parts only if allowed."""
         folder = ckpt.resolve_weight_path(spec.llm, "llm")
         dtype = resolve_dtype(spec.llm_dtype, device)
         tokenizer = load_tokenizer(folder)
         llm = load_llm(folder, dtype)
         rows = llm.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) != rows:
+        if len(tokenizer) > rows or (folder.suffix != ".gguf" and len(tokenizer) != rows):
             msg = (
                 f"llm: '{folder}' has a tokenizer of {len(tokenizer)} tokens but an embedding of {rows} rows "
                 "(Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up)."
             )
             raise ckpt.CheckpointError(msg)
-        pandagpt_path = ckpt.resolve_weight_path(spec.pandagpt_checkpoint, "pandagpt_checkpoint")
-        pandagpt = ckpt.load_state_dict_file(pandagpt_path, "pandagpt_checkpoint")
-        ckpt.expect_kind(pandagpt, ckpt.PANDAGPT, pandagpt_path, "pandagpt_checkpoint")
-        projection, lora = split_pandagpt_delta(pandagpt, pandagpt_path)
-        attach_lora(llm, lora, spec.lora_scale, pandagpt_path)
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        torch.manual_seed(spec.seed)
+        llama_proj = nn.Linear(image_embed_dim, hidden)
+        if spec.pandagpt_checkpoint is not None:
+            pandagpt_path = ckpt.resolve_weight_path(spec.pandagpt_checkpoint, "pandagpt_checkpoint")
+            pandagpt = ckpt.load_state_dict_file(pandagpt_path, "pandagpt_checkpoint")
+            ckpt.expect_kind(pandagpt, ckpt.PANDAGPT, pandagpt_path, "pandagpt_checkpoint")
+            projection, lora = split_pandagpt_delta(pandagpt, pandagpt_path)
+            attach_lora(llm, lora, spec.lora_scale, pandagpt_path)
+            ckpt.load_strict(llama_proj, projection, f"PandaGPT delta '{pandagpt_path}' (llama_proj)")
+        elif "llama_proj" not in spec.fresh_parts:
+            msg = "llm without pandagpt_checkpoint: llama_proj must train (trainable includes 'llama_proj')."
+            raise ValueError(msg)
+        elif "lora" in spec.fresh_parts:
+            attach_fresh_lora(llm, spec.lora_rank, spec.lora_scale)
         if spec.merge_lora:
             merge_lora(llm)
-        hidden = llm.get_input_embeddings().weight.shape[1]
-        llama_proj = nn.Linear(image_embed_dim, hidden)
-        ckpt.load_strict(llama_proj, projection, f"PandaGPT delta '{pandagpt_path}' (llama_proj)")
-        source = spec.anomalygpt_checkpoint or "<anomalygpt delta>"
-        prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
-        ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
-        if prompt_learner.hidden_size != hidden:
-            msg = (
-                f"AnomalyGPT delta '{source}' makes prompts of width {prompt_learner.hidden_size}; the LLM "
-                f"'{folder}' has hidden size {hidden}."
-            )
-            raise ckpt.CheckpointError(msg)
-        head = cls(prompt_learner, llama_proj, llm, tokenizer)
+        prompt_learner = _prompt_learner(spec, prompt_state, hidden, folder)
+        head = cls(prompt_learner, llama_proj, llm, tokenizer, conversation_format(spec.conversation, tokenizer))
         head.prompt_learner.to(dtype)
         head.llama_proj.to(dtype)
         return head.requires_grad_(False).to(device)
@@ -252,6 +303,33 @@ class LLMHead(nn.Module):
         table = self.llm.get_input_embeddings()
         return table(torch.tensor(list(ids), device=table.weight.device))
 
+    def _prefix_rows(
+        self,
+        image_embedding: torch.Tensor,
+        anomaly_map: torch.Tensor,
+        questions: Sequence[str],
+    ) -> list[torch.Tensor]:
+        """Per image: ``before [image] middle [prompts] question + cue`` as embeddings."""
+        if len(questions) != image_embedding.shape[0]:
+            msg = f"got {len(questions)} questions for {image_embedding.shape[0]} images."
+            raise ValueError(msg)
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        image_tokens = self.llama_proj(image_embedding.to(dtype)).unsqueeze(1)
+        prompts = self.prompt_learner(anomaly_map.to(dtype))
+        before, middle = self._embed(self._before_ids), self._embed(self._middle_ids)
+        return [
+            torch.cat(
+                [
+                    before,
+                    image_tokens[i],
+                    middle,
+                    prompts[i],
+                    self._embed(self.encode(self.conversation.question_text(q))),
+                ]
+            )
+            for i, q in enumerate(questions)
+        ]
+
     def build_inputs(
         self,
         image_embedding: torch.Tensor,
@@ -262,28 +340,41 @@ class LLMHead(nn.Module):
 
         Returns ``(inputs_embeds (B, L, H), attention_mask (B, L))``.
         """
-        if len(questions) != image_embedding.shape[0]:
-            msg = f"got {len(questions)} questions for {image_embedding.shape[0]} images."
-            raise ValueError(msg)
-        dtype = self.llm.get_input_embeddings().weight.dtype
-        image_tokens = self.llama_proj(image_embedding.to(dtype)).unsqueeze(1)
-        prompts = self.prompt_learner(anomaly_map.to(dtype))
-        bos = [self.tokenizer.bos_token_id]
-        rows = []
-        for index, question in enumerate(questions):
-            after = self.encode(question + ASSISTANT_CUE)
-            rows.append(
-                torch.cat(
-                    [
-                        self._embed(bos + self._segment_ids[IMAGE_PREFIX]),
-                        image_tokens[index],
-                        self._embed(self._segment_ids[IMAGE_SUFFIX]),
-                        prompts[index],
-                        self._embed(after),
-                    ],
-                ),
-            )
-        return self._left_pad(rows)
+        return self._left_pad(self._prefix_rows(image_embedding, anomaly_map, questions))
+
+    def training_inputs(
+        self,
+        image_embedding: torch.Tensor,
+        anomaly_map: torch.Tensor,
+        questions: Sequence[str],
+        answers: Sequence[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt + answer + end of turn, right-padded; labels are -100 except on the answer."""
+        rows, labels = [], []
+        for prefix, answer in zip(self._prefix_rows(image_embedding, anomaly_map, questions), answers, strict=True):
+            target = self.encode(answer + self.conversation.answer_suffix)
+            rows.append(torch.cat([prefix, self._embed(target)]))
+            labels.append([-100] * prefix.shape[0] + target)
+        length = max(row.shape[0] for row in rows)
+        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+        label_tensor = torch.full((len(rows), length), -100, dtype=torch.long, device=rows[0].device)
+        for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
+            embeds[index, : row.shape[0]] = row
+            mask[index, : row.shape[0]] = 1
+            label_tensor[index, : len(label)] = torch.tensor(label, device=rows[0].device)
+        return embeds, mask, label_tensor
+
+    def lm_loss(
+        self,
+        image_embedding: torch.Tensor,
+        anomaly_map: torch.Tensor,
+        questions: Sequence[str],
+        answers: Sequence[str],
+    ) -> torch.Tensor:
+        """Cross-entropy of the answers given the images (teacher forcing)."""
+        embeds, mask, labels = self.training_inputs(image_embedding, anomaly_map, questions, answers)
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     @staticmethod
     def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +418,7 @@ class LLMHead(nn.Module):
                 f"they exceed the LLM's context of {self.context_length} tokens. Shorten the question or history."
             )
             raise ValueError(msg)
-        stop_id = self.stop_token_id
+        stop_id = self.stop_token_id if self.stop_token_id is not None else self.tokenizer.eos_token_id
 
         class StopOnPiece(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
@@ -347,12 +438,14 @@ class LLMHead(nn.Module):
 
     def answer_ids(self, generated: Sequence[int]) -> list[int]:
         """Generated ids of one row up to and including the first stop or end-of-sequence id."""
-        ends = {self.stop_token_id, self.tokenizer.eos_token_id}
+        ends = {self.stop_token_id, self.tokenizer.eos_token_id} - {None}
         for index, token in enumerate(generated):
             if token in ends:
                 return list(generated[: index + 1])
         return list(generated)
 
     def decode_answer(self, generated: Sequence[int]) -> str:
-        """The original's rule: drop the last two ids (newline and '##' with the real model), decode."""
-        return self.tokenizer.decode(list(generated)[:-2], skip_special_tokens=True)
+        """PandaGPT: the original's rule, drop the last two ids (newline and '##'); chat: up to the end token."""
+        if self.conversation.name == "pandagpt":
+            return self.tokenizer.decode(list(generated)[:-2], skip_special_tokens=True)
+        return self.tokenizer.decode(list(generated), skip_special_tokens=True).strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -42,6 +43,15 @@ class PromptLearner(nn.Module):
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: Path | str) -> PromptLearner:
         """Build with the checkpoint's sizes (the caller loads the weights strictly)."""
         return cls(_conv_shapes(state, source), state["base_prompts"].shape[0])
+
+    @classmethod
+    def fresh(cls, hidden_size: int, num_base_prompts: int = 9) -> PromptLearner:
+        """A newly initialised prompt learner of the original's shape, for another LLM."""
+        channels = (1, 4, 16, 64, 256, 1024)
+        shapes = [(out, inp, 3) for inp, out in pairwise(channels)] + [(hidden_size, channels[-1], 5)]
+        learner = cls(shapes, num_base_prompts)
+        nn.init.normal_(learner.base_prompts, std=0.02)
+        return learner
 
     @property
     def hidden_size(self) -> int:

@@ -59,6 +59,8 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.llm_head: LLMHead | None = None
         self.llm_spec: LLMHeadSpec | None = None
         self.anomalygpt_source: str | None = None
+        self.pending_head_state: dict[str, torch.Tensor] = {}
+        """Trained head weights from a checkpoint, applied when the head loads (it loads lazily)."""
         self.generation: dict[str, float | int | bool] = {"max_new_tokens": 128}
 
     # ----------------------------------------------------------------------------------------
@@ -200,30 +202,34 @@ class AnomalyGPTModel(DynamicBufferMixin):
     def ensure_llm_head(self) -> LLMHead:
         """The explanation head, loaded from ``llm_spec`` the first time it is needed."""
         if self.llm_head is None:
-            if self.llm_spec is None or self.llm_spec.anomalygpt_checkpoint is None:
-                msg = (
-                    "explanations need llm=<LLM folder>, pandagpt_checkpoint=<PandaGPT delta> and an "
-                    "anomalygpt_checkpoint with the prompt learner."
-                )
+            if self.llm_spec is None:
+                msg = "explanations need llm=<LLM folder> (and pandagpt_checkpoint for the released weights)."
                 raise ValueError(msg)
-            path = ckpt.resolve_weight_path(self.llm_spec.anomalygpt_checkpoint, "anomalygpt_checkpoint")
-            _, prompt_state = ckpt.split_anomalygpt_delta(
-                ckpt.load_state_dict_file(path, "anomalygpt_checkpoint"), path
-            )
+            prompt_state: dict[str, torch.Tensor] = {}
+            if self.llm_spec.anomalygpt_checkpoint is not None:
+                path = ckpt.resolve_weight_path(self.llm_spec.anomalygpt_checkpoint, "anomalygpt_checkpoint")
+                delta = ckpt.load_state_dict_file(path, "anomalygpt_checkpoint")
+                _, prompt_state = ckpt.split_anomalygpt_delta(delta, path)
             device = self.reference_memory.device
             logger.info("AnomalyGPT: loading the explanation LLM from %s", self.llm_spec.llm)
-            self.llm_head = LLMHead.from_spec(self.llm_spec, prompt_state, self.text_features.shape[1], device)
+            head = LLMHead.from_spec(self.llm_spec, prompt_state, self.text_features.shape[1], device)
+            if self.pending_head_state:
+                ckpt.load_strict_subset(head, self.pending_head_state, "Lightning checkpoint (explanation head)")
+                self.pending_head_state = {}
+            self.llm_head = head
         return self.llm_head
 
     @contextmanager
     def scores_only(self) -> Iterator[None]:
         """Temporarily detach the LLM head (export and pickling carry the scores path only)."""
         head = self._modules.pop("llm_head", None)
+        pending, self.pending_head_state = self.pending_head_state, {}
         self.llm_head = None
         try:
             yield
         finally:
             self.llm_head = head
+            self.pending_head_state = pending
 
     def _questions(self, question: str | Sequence[str] | None, batch_size: int) -> list[str]:
         if question is None:

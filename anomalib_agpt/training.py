@@ -13,8 +13,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from . import checkpoints as ckpt
+from .anomaly_maps import few_shot_map, few_shot_similarity, normalise_memory
 from .checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
 from .conversation import NORMAL_ANSWER
+from .encoder import VisionFeatures
 from .pre_processing import CLIP_MEAN, CLIP_STD
 from .synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
 from .torch_model import AnomalyGPTModel
@@ -101,6 +103,19 @@ def make_synthetic_batch(
         masks=torch.cat([torch.zeros_like(torch.stack(masks)), torch.stack(masks)]).to(images.device),
         answers=[NORMAL_ANSWER] * raw.shape[0] + answers,
     )
+
+
+def rotation_reference_map(
+    model: AnomalyGPTModel,
+    reference: torch.Tensor,
+    features: VisionFeatures,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """1-shot map of every image against one normal reference in 4 rotations (AnomalyGPT's training)."""
+    rotations = torch.stack([torch.rot90(reference, turns, dims=(-2, -1)) for turns in range(4)])
+    with torch.no_grad():
+        memory = normalise_memory(model.vision_encoder(rotations).patch_tokens)
+    return few_shot_map(few_shot_similarity(features.patch_tokens, memory), size)
 
 
 def warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:

@@ -17,7 +17,7 @@ from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.synthesis import object_settings
 from anomalib_agpt.training import make_synthetic_batch, warmup_decay
 
-from .conftest import IMAGEBIND
+from .conftest import FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 
 CATEGORY = "washer"
 
@@ -150,3 +150,38 @@ def test_warmup_then_linear_decay() -> None:
         optimizer.step()
         schedule.step()
     assert rates == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_head_parts_train_on_the_answer_loss(weights: dict[str, Any], datamodule: MVTecAD, tmp_path: Path) -> None:
+    """prompt learner + LoRA learn from the answers; the checkpoint keeps them and not the LLM."""
+    seed_everything(0)
+    recorder = LossRecorder()
+    head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
+    model = AnomalyGPT(**weights, **head, trainable=["decoder", "prompt_learner", "lora"], learning_rate=1e-2)
+    engine = Engine(
+        default_root_dir=tmp_path,
+        logger=False,
+        max_epochs=6,
+        callbacks=[recorder],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    losses = recorder.losses
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    checkpoint_path = next(tmp_path.rglob("model.ckpt"))
+    state = torch.load(checkpoint_path, weights_only=False)["state_dict"]
+    head_keys = {k for k in state if k.startswith("model.llm_head.")}
+    assert any(".prompt_learner." in k for k in head_keys)
+    assert any(".lora_A." in k for k in head_keys)
+    assert not any(".base_layer." in k or "embed_tokens" in k for k in head_keys)  # the LLM itself stays out
+    restored = AnomalyGPT.load_from_checkpoint(checkpoint_path)
+    assert restored.model.llm_head is None  # loads lazily, then takes the trained weights
+    restored_head = restored.model.ensure_llm_head()
+    trained_head = model.model.llm_head
+    torch.testing.assert_close(restored_head.prompt_learner.base_prompts, trained_head.prompt_learner.base_prompts)
+    trained_lora = {k: v for k, v in trained_head.state_dict().items() if ".lora_" in k}
+    for key, value in trained_lora.items():
+        torch.testing.assert_close(restored_head.state_dict()[key], value)
+    delta = torch.load(model.save_anomalygpt_delta(tmp_path / "delta.pt"), weights_only=True)
+    torch.testing.assert_close(delta["prompt_learner.base_prompts"], trained_head.prompt_learner.base_prompts.half())
