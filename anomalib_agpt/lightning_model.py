@@ -35,7 +35,7 @@ from .checkpoints import CheckpointError
 from .conversation import ConversationName, default_question, is_anomalous_answer
 from .llm_head import LLMDtype, LLMHeadSpec
 from .loss import pixel_loss
-from .metrics import AnswerAccuracy
+from .metrics import AnswerAccuracy, ExplanationGrounding
 from .pre_processing import ResizeMode, build_pre_processor
 from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from .prompting import category_to_class_name
@@ -389,6 +389,7 @@ class AnomalyGPT(AnomalibModule):
         evaluator = AnomalibModule.configure_evaluator()
         if explain:
             evaluator.test_metrics.append(AnswerAccuracy(strict=False))
+            evaluator.test_metrics.append(ExplanationGrounding(strict=False))
         return evaluator
 
     @classmethod

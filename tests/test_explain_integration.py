@@ -52,7 +52,7 @@ def test_test_fills_explanations_labels_and_answer_accuracy(
 ) -> None:
     model = AnomalyGPT(**weights, **explain_options)
     metrics = fitted["engine"].test(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])[0]
-    assert {"image_AUROC", "pixel_AUROC", "AnswerAccuracy"} <= set(metrics)
+    assert {"image_AUROC", "pixel_AUROC", "AnswerAccuracy", "ExplanationGrounding"} <= set(metrics)
     assert 0.0 <= metrics["AnswerAccuracy"] <= 1.0
     images = list((fitted["work"] / "results").rglob("images/**/*.png"))
     assert images  # the explanation visualizer wrote its panels
