@@ -177,9 +177,7 @@ def random_pandagpt_delta(embed_dim: int, sizes: LlamaSizes, seed: int) -> dict[
 
 
 def write_random_llama(folder: str | Path, sizes: LlamaSizes, tokenizer_folder: str | Path, seed: int) -> Path:
-    """Save a random ``LlamaForCausalLM`` (fp16 safetensors) with a copy of an existing tokenizer."""
-    import shutil
-
+    """Save a random ``LlamaForCausalLM`` (fp16 safetensors) with an existing tokenizer re-saved beside it."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
@@ -203,8 +201,51 @@ def write_random_llama(folder: str | Path, sizes: LlamaSizes, tokenizer_folder: 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).half()
     model.save_pretrained(folder)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (Path(tokenizer_folder) / name).is_file():
-            shutil.copy(Path(tokenizer_folder) / name, folder / name)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+DEMO_CORPUS = (
+    "No, there is no anomaly in the image.",
+    "Yes, there is an anomaly in the image, at the top left of the image.",
+    "Yes, there are 2 anomalies in the image, they are at the top and bottom right of the image.",
+    "left right center top bottom",
+    "This is a photo of a object for anomaly detection, which should be intact, without any damage, flaw, defect, "
+    "scratch, hole or broken part. Is there any anomaly in the image?",
+    "<Img></Img> user assistant",
+)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def write_tiny_llm(folder: str | Path, seed: int, hidden_size: int = 64, num_layers: int = 2) -> Path:
+    """A tiny random LLaMA with a byte-level BPE tokenizer trained on the answers' words, and a chat template.
+
+    The fallback LLM of the demo when no pretrained small LLM is installed: it can learn the answer
+    sentences from scratch, nothing more.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<s>", "</s>", "<pad>", "##"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(list(DEMO_CORPUS) * 4, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.save_pretrained(folder)
+    sizes = LlamaSizes(hidden_size, num_layers, max(1, hidden_size // 16), hidden_size * 3, vocab_size=len(wrapped))
+    return write_random_llama(folder, sizes, folder, seed)

@@ -136,23 +136,24 @@ def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights:
     assert list((cli_fit["work"] / "export").rglob("model.xml"))
 
 
-def test_demo_prints_its_table(tmp_path: Path) -> None:
-    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--categories", CATEGORY, cwd=tmp_path)
+def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
+    """The demo in its reduced mode: trains AnomalyGPT with an LLM, tests it with answers, next to Patchcore."""
+    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--quick", cwd=tmp_path)
     assert "image AUROC" in result.stdout
-    assert "random-small preset" in result.stdout
+    assert "No AnomalyGPT weights configured" in result.stdout
     with (tmp_path / "demo" / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [row["model"] for row in rows] == [
-        "AnomalyGPT 0-shot",
-        "AnomalyGPT 4-shot",
-        "Patchcore (resnet18, random init)",
-    ]
+    assert [row["model"].split(" (")[0] for row in rows] == ["AnomalyGPT trained", "AnomalyGPT 4-shot", "Patchcore"]
     for row in rows:
         assert 0.0 <= float(row["image_AUROC"]) <= 1.0
         assert 0.0 <= float(row["pixel_AUROC"]) <= 1.0
         assert float(row["ms_per_image"]) > 0
-    # few-shot memory from random features still localises the drawn defects
-    assert float(rows[1]["pixel_AUROC"]) > 0.8
+    assert 0.0 <= float(rows[0]["AnswerAccuracy"]) <= 1.0
+    assert 0.0 <= float(rows[0]["ExplanationGrounding"]) <= 1.0
+    assert rows[1]["AnswerAccuracy"] == ""  # scores-only models have no answers
+    assert float(rows[1]["pixel_AUROC"]) > 0.8  # the k-shot memory localises the drawn defects
+    pngs = list((tmp_path / "demo" / "results").rglob("AnomalyGPT trained*/**/images/**/*.png"))
+    assert pngs  # the explanation visualizer's panels
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
