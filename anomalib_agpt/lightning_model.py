@@ -44,6 +44,7 @@ from .torch_model import AnomalyGPTModel, FewShotMode
 from .training import (
     SynthesisMode,
     TrainablePart,
+    epoch_seeded,
     make_synthetic_batch,
     rotation_reference_map,
     save_anomalygpt_delta,
@@ -338,6 +339,17 @@ class AnomalyGPT(AnomalibModule):
         needs_head = any(part != "decoder" for part in self.trainable)
         self.prepare(load_llm=needs_head)
         set_trainable(self.model, self.trainable)
+
+    def setup(self, stage: str) -> None:
+        """When training, shuffle the datamodule's train loader by (seed, epoch).
+
+        The synthesis randomness is keyed on (seed, epoch, image); with the batch order a function of
+        the epoch too, a run resumed at an epoch boundary ends with the weights of an uninterrupted one.
+        """
+        datamodule = self._datamodule()
+        if stage == "fit" and self.trainable and datamodule is not None and hasattr(datamodule, "train_dataloader"):
+            original = type(datamodule).train_dataloader.__get__(datamodule)
+            datamodule.train_dataloader = lambda: epoch_seeded(original(), self.seed)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoints as ckpt
 from .anomaly_maps import few_shot_map, few_shot_similarity, normalise_memory
@@ -116,6 +117,42 @@ def rotation_reference_map(
     with torch.no_grad():
         memory = normalise_memory(model.vision_encoder(rotations).patch_tokens)
     return few_shot_map(few_shot_similarity(features.patch_tokens, memory), size)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with ``(seed, epoch)``, so an epoch sees the same order whether or not the run was resumed.
+
+    Lightning calls ``set_epoch`` before each epoch, as for a ``DistributedSampler``.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def epoch_seeded(loader: DataLoader, seed: int) -> DataLoader:
+    """The same loader with an :class:`EpochShuffleSampler` instead of its random sampler."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=EpochShuffleSampler(len(loader.dataset), seed),  # type: ignore[arg-type]
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers,
+    )
 
 
 def warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:

@@ -45,7 +45,25 @@ def datamodule(tmp_path_factory: pytest.TempPathFactory) -> MVTecAD:
     return MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=4, num_workers=0)
 
 
-def fit(weights: dict[str, Any], datamodule: MVTecAD, root: Path, epochs: int, ckpt_path: Path | None = None) -> tuple:
+class StopAfter(Callback):
+    """Ends fit after ``epochs`` epochs, as an interruption would (the schedule keeps its full length)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def fit(
+    weights: dict[str, Any],
+    datamodule: MVTecAD,
+    root: Path,
+    epochs: int,
+    ckpt_path: Path | None = None,
+    stop_after: int | None = None,
+) -> tuple:
     seed_everything(0)
     recorder = LossRecorder()
     model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
@@ -53,7 +71,7 @@ def fit(weights: dict[str, Any], datamodule: MVTecAD, root: Path, epochs: int, c
         default_root_dir=root,
         logger=False,
         max_epochs=epochs,
-        callbacks=[recorder],
+        callbacks=[recorder] + ([StopAfter(stop_after)] if stop_after else []),
         enable_progress_bar=False,
         enable_model_summary=False,
     )
@@ -185,3 +203,17 @@ def test_head_parts_train_on_the_answer_loss(weights: dict[str, Any], datamodule
         torch.testing.assert_close(restored_head.state_dict()[key], value)
     delta = torch.load(model.save_anomalygpt_delta(tmp_path / "delta.pt"), weights_only=True)
     torch.testing.assert_close(delta["prompt_learner.base_prompts"], trained_head.prompt_learner.base_prompts.half())
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
+    weights: dict[str, Any],
+    datamodule: MVTecAD,
+    tmp_path: Path,
+) -> None:
+    straight, _, _ = fit(weights, datamodule, tmp_path / "straight", epochs=4)
+    fit(weights, datamodule, tmp_path / "first", epochs=4, stop_after=2)
+    checkpoint = next((tmp_path / "first").rglob("model.ckpt"))
+    resumed, losses, _ = fit(weights, datamodule, tmp_path / "resumed", epochs=4, ckpt_path=checkpoint)
+    assert len(losses) == 4  # epochs 2 and 3
+    for name, value in straight.model.decoder.state_dict().items():
+        torch.testing.assert_close(resumed.model.decoder.state_dict()[name], value, rtol=0, atol=1e-6)
