@@ -334,20 +334,19 @@ class AnomalyGPT(AnomalibModule):
         scheduler = warmup_decay(optimizer, int(self.trainer.estimated_stepping_batches), settings["warmup_ratio"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        """Text features for the class, and the LLM head if a part of it trains."""
-        needs_head = any(part != "decoder" for part in self.trainable)
-        self.prepare(load_llm=needs_head)
-        set_trainable(self.model, self.trainable)
-
     def setup(self, stage: str) -> None:
-        """When training, shuffle the datamodule's train loader by (seed, epoch).
+        """When training: load what trains, then shuffle the datamodule's train loader by (seed, epoch).
 
         The synthesis randomness is keyed on (seed, epoch, image); with the batch order a function of
         the epoch too, a run resumed at an epoch boundary ends with the weights of an uninterrupted one.
         """
+        if stage != "fit" or not self.trainable:
+            return
+        # Before configure_optimizers: the head's trainable parts must exist when the optimiser is built.
+        self.prepare(load_llm=any(part != "decoder" for part in self.trainable))
+        set_trainable(self.model, self.trainable)
         datamodule = self._datamodule()
-        if stage == "fit" and self.trainable and datamodule is not None and hasattr(datamodule, "train_dataloader"):
+        if datamodule is not None and hasattr(datamodule, "train_dataloader"):
             original = type(datamodule).train_dataloader.__get__(datamodule)
             datamodule.train_dataloader = lambda: epoch_seeded(original(), self.seed)
 

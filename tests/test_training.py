@@ -101,6 +101,27 @@ def test_llm_parts_need_the_head(weights: dict[str, Any]) -> None:
         AnomalyGPT(**weights, trainable=["decoder", "prompt_learner"])
 
 
+def test_every_trainable_part_is_in_the_optimiser(weights: dict[str, Any], datamodule: MVTecAD, tmp_path: Path) -> None:
+    head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
+    model = AnomalyGPT(**weights, **head, trainable=["decoder", "prompt_learner", "llama_proj", "lora"])
+    engine = Engine(
+        default_root_dir=tmp_path,
+        logger=False,
+        max_epochs=1,
+        limit_train_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    optimised = {id(p) for group in engine.trainer.optimizers[0].param_groups for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert optimised == trainable
+    head_module = model.model.llm_head
+    for part in (head_module.prompt_learner, head_module.llama_proj):
+        assert all(id(p) in optimised for p in part.parameters())
+    assert any(id(p) in optimised for name, p in head_module.llm.named_parameters() if ".lora_" in name)
+
+
 def test_short_fit_lowers_the_loss(trained: dict) -> None:
     losses = trained["losses"]
     assert len(losses) == 16
