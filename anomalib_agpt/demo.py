@@ -200,7 +200,7 @@ def model_builders(args: argparse.Namespace) -> dict[str, DemoModel]:
         **preset,
         "llm": llm,
         "explain": True,
-        "trainable": ["decoder", "prompt_learner", "llama_proj"],
+        "trainable": ["decoder", "prompt_learner", "llama_proj", "lora"],
         "question": DEMO_QUESTION,
         "max_new_tokens": 28,
     }
