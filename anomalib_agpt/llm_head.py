@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -386,18 +386,9 @@ class LLMHead(nn.Module):
             mask[index, length - row.shape[0] :] = 1
         return embeds, mask
 
-    def generate(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        top_p: float = 0.1,
-        temperature: float = 1.0,
-    ) -> list[str]:
-        """Answer every row in one ``generate`` call; each row stops on its own '##'."""
-        rows = self.generate_ids(inputs_embeds, attention_mask, max_new_tokens, do_sample, top_p, temperature)
-        return [self.decode_answer(row) for row in rows]
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **settings: Any) -> list[str]:  # noqa: ANN401
+        """Answer every row in one ``generate`` call (settings as :meth:`generate_ids`)."""
+        return [self.decode_answer(row) for row in self.generate_ids(inputs_embeds, attention_mask, **settings)]
 
     @torch.no_grad()
     def generate_ids(

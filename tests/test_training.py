@@ -238,3 +238,27 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     assert len(losses) == 4  # epochs 2 and 3
     for name, value in straight.model.decoder.state_dict().items():
         torch.testing.assert_close(resumed.model.decoder.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed"])
+def test_mixed_precision_training_runs_and_learns(
+    weights: dict[str, Any],
+    datamodule: MVTecAD,
+    tmp_path: Path,
+    precision: str,
+) -> None:
+    """Lightning's precision plugin wraps the steps; the trained decoder moves and stays finite."""
+    model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
+    before = model.model.decoder.fc[0].weight.detach().clone()
+    engine = Engine(
+        default_root_dir=tmp_path,
+        logger=False,
+        max_epochs=1,
+        precision=precision,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    after = model.model.decoder.fc[0].weight.detach()
+    assert torch.isfinite(after).all()
+    assert not torch.equal(before, after)
