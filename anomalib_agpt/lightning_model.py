@@ -492,7 +492,11 @@ class AnomalyGPT(AnomalibModule):
     # Lean checkpoints: trained parameters and buffers only
     # ----------------------------------------------------------------------------------------
     def _frozen_parameter_names(self) -> set[str]:
-        return {name for name, parameter in self.named_parameters() if not parameter.requires_grad}
+        return set(self._frozen_parameters())
+
+    def _frozen_parameters(self) -> dict[str, nn.Parameter]:
+        """Frozen parameters under every name they have (tied weights, e.g. an LLM's lm_head, included)."""
+        return {n: p for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop frozen weights (they come back from the weight files) and keep the class name."""
@@ -516,7 +520,7 @@ class AnomalyGPT(AnomalibModule):
             head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
             self.model.pending_head_state = {k.removeprefix(HEAD_PREFIX): state[k] for k in head_keys}
             state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-        frozen = {name: p for name, p in self.named_parameters() if not p.requires_grad}
+        frozen = self._frozen_parameters()
         own = set(self.state_dict())
         missing = sorted(own - set(frozen) - set(state))
         unexpected = sorted(set(state) - own)

@@ -262,3 +262,17 @@ def test_mixed_precision_training_runs_and_learns(
     after = model.model.decoder.fc[0].weight.detach()
     assert torch.isfinite(after).all()
     assert not torch.equal(before, after)
+
+
+def test_tied_llm_weights_stay_out_of_checkpoints(weights: dict[str, Any], tmp_path: Path) -> None:
+    """An LLM with tied input/output embeddings (as SmolLM2) writes neither alias."""
+    from anomalib_agpt.presets import write_tiny_llm
+
+    llm = write_tiny_llm(tmp_path / "llm", seed=0)
+    model = AnomalyGPT(**weights, llm=str(llm), trainable=["decoder", "prompt_learner", "llama_proj"])
+    head = model.model.ensure_llm_head()
+    head.llm.tie_weights()  # share lm_head and embed_tokens, as tied models do
+    head.llm.lm_head.weight = head.llm.get_input_embeddings().weight
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert not any(k.endswith(("lm_head.weight", "embed_tokens.weight")) for k in checkpoint["state_dict"])
