@@ -276,3 +276,29 @@ def test_tied_llm_weights_stay_out_of_checkpoints(weights: dict[str, Any], tmp_p
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
     assert not any(k.endswith(("lm_head.weight", "embed_tokens.weight")) for k in checkpoint["state_dict"])
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_in_step(tmp_path: Path) -> None:
+    """Lightning DDP (gloo, 2 CPU processes): gradients are synchronised, both ranks end equal."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "ddp_fit.py"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(FIXTURES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(report["world"] == 2 for report in reports)
+    assert reports[0]["final"] == pytest.approx(reports[1]["final"], abs=1e-6)
+    assert reports[0]["final"] != pytest.approx(reports[0]["initial"])
+    assert list(tmp_path.rglob("model.ckpt"))
