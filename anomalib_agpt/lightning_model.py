@@ -301,7 +301,7 @@ class AnomalyGPT(AnomalibModule):
         self.loss_weights = {"pixel": pixel_loss_weight, "lm": lm_loss_weight}
         self.few_shot_prompt_probability = few_shot_prompt_probability
         if "decoder" in self.trainable:
-            set_trainable(self.model, ["decoder"])  # the LLM parts follow when the head loads (on_train_start)
+            set_trainable(self.model, ["decoder"])  # the head parts follow in setup("fit"), once the head is loaded
         self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
 
     # ----------------------------------------------------------------------------------------

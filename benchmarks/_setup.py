@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,3 +52,44 @@ def random_llm_weights(folder: Path, hidden: int, layers: int, heads: int, mlp: 
         "pandagpt_checkpoint": str(folder / "pandagpt_delta.pt"),
         **TINY_HEADS,
     }
+
+
+VISION_SIZES = {"small": (768, 12, 12), "huge": (1280, 32, 16)}
+"""``--size`` choices of the encoder benchmarks: (width, layers, heads); ``huge`` is ImageBind-Huge's vision tower."""
+
+
+def random_sized_model(size: str, seed: int = 0):  # noqa: ANN201 (the import stays lazy)
+    """An ``AnomalyGPTModel`` with a random vision tower of ``VISION_SIZES[size]`` (224 px, patch 14), tiny text tower."""
+    from anomalib_agpt.presets import PresetSizes, random_anomalygpt_delta, random_imagebind_state_dict
+    from anomalib_agpt.torch_model import AnomalyGPTModel
+
+    width, layers, heads = VISION_SIZES[size]
+    sizes = PresetSizes(
+        vision_width=width,
+        vision_layers=layers,
+        vision_heads=heads,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=1024 if size == "huge" else 512,
+    )
+    model = AnomalyGPTModel.from_state_dicts(
+        random_imagebind_state_dict(sizes, seed),
+        random_anomalygpt_delta(sizes, seed),
+        vision_heads=heads,
+        text_heads=2,
+    )
+    model.set_class_name("bottle")
+    return model.eval()
+
+
+def median_seconds(function: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``function`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
