@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 USAGE = """usage: anomalib-agpt demo [--help]            run the offline demo (AnomalyGPT vs Patchcore)
+       anomalib-agpt leaderboard [--help]     rank models on the same data/categories/seeds
        anomalib-agpt {fit,validate,test,train,predict,export} ...   anomalib's CLI, --model AnomalyGPT
 """
 
@@ -21,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .demo import main as demo_main
 
         demo_main(args[1:])
+        return
+    if args and args[0] == "leaderboard":
+        from .leaderboard import main as leaderboard_main
+
+        leaderboard_main(args[1:])
         return
     if args and args[0] in {"-h", "--help"} and len(args) == 1:
         sys.stdout.write(USAGE + "\n")

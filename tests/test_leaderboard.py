@@ -1,0 +1,108 @@
+"""``anomalib-agpt leaderboard`` end to end on tiny synthetic data: outputs, skip/fail rows, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anomalib_agpt import leaderboard
+
+MODELS = ["AnomalyGPT-0shot", "AnomalyGPT-1shot", "AnomalyGPT-fullshot", "Patchcore", "EfficientAd", "NoSuchModel"]
+CONFIG = """\
+synthetic: {num_train: 4, num_test_good: 2, num_test_defect: 1, image_size: 64}
+categories: [weave]
+seeds: [0]
+epochs: 1
+model_options:
+  Patchcore: {coreset_sampling_ratio: 0.02}
+"""
+
+
+def _rows(output: Path) -> list[dict[str, str]]:
+    with (output / "results.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One leaderboard run (YAML config + flags), shared by the tests below."""
+    output = tmp_path_factory.mktemp("leaderboard")
+    config = output / "leaderboard.yaml"
+    config.write_text(CONFIG)
+    argv = ["--config", str(config), "--output", str(output), "--models", *MODELS]
+    leaderboard.main(argv)
+    return output, argv
+
+
+def test_outputs_exist_and_parse(run: tuple[Path, list[str]]) -> None:
+    output, _ = run
+    rows = {row["model"]: row for row in _rows(output)}
+    assert list(rows) == MODELS
+    for name in ["AnomalyGPT-0shot", "AnomalyGPT-1shot", "AnomalyGPT-fullshot", "Patchcore"]:
+        row = rows[name]
+        assert row["status"] == "ok", row
+        for metric in ["image_AUROC", "pixel_AUROC", "image_F1Score", "pixel_F1Score", "pixel_AUPRO"]:
+            assert 0.0 <= float(row[metric]) <= 1.0, (name, metric)
+        assert float(row["ms_per_image"]) > 0
+        assert float(row["peak_rss_mb"]) >= 0
+    assert "random weights" in rows["AnomalyGPT-0shot"]["notes"]
+    assert (output / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_offline_rules_and_failures(run: tuple[Path, list[str]]) -> None:
+    output, _ = run
+    rows = {row["model"]: row for row in _rows(output)}
+    assert "random backbone" in rows["Patchcore"]["notes"]
+    assert rows["EfficientAd"]["status"].startswith("skipped: ")
+    assert "download" in rows["EfficientAd"]["status"]
+    assert rows["NoSuchModel"]["status"].startswith("failed: ")
+    assert "NoSuchModel" in rows["NoSuchModel"]["status"]
+    assert (output / "errors" / "NoSuchModel_weave_seed0.txt").is_file()
+
+
+def test_markdown_has_mean_rows(run: tuple[Path, list[str]]) -> None:
+    output, _ = run
+    text = (output / "leaderboard.md").read_text()
+    mean_rows = [line for line in text.splitlines() if "| **mean** |" in line]
+    assert {line.split(" | ")[0].lstrip("| ") for line in mean_rows} == {
+        "AnomalyGPT-0shot",
+        "AnomalyGPT-1shot",
+        "AnomalyGPT-fullshot",
+        "Patchcore",
+    }
+    assert "random backbone" in text
+    assert "random weights" in text
+    assert "skipped: " in text
+    assert "failed: " in text
+
+
+def test_rerun_skips_finished_cells(run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    output, argv = run
+    before = _rows(output)
+    built: list[str] = []
+    original = leaderboard.build_model
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> leaderboard.BuiltModel:
+        built.append(name)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(leaderboard, "build_model", counting)
+    leaderboard.main(argv)
+    assert built == ["NoSuchModel"]  # only the failed cell is retried
+    after = _rows(output)
+    assert after[: len(before)] == before
+    assert len(after) == len(before) + 1
+    assert after[-1]["status"].startswith("failed: ")
+
+
+def test_config_and_flags() -> None:
+    config = leaderboard.parse_args(["--models", "Padim", "--seeds", "1", "2"])
+    assert config.models == ["Padim"]
+    assert config.seeds == [1, 2]
+    assert config.dataset == "synthetic"
+    assert len(config.categories) >= 1
+    with pytest.raises(SystemExit):
+        leaderboard.parse_args(["--dataset", "mvtec"])  # needs --root
