@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from anomalib_agpt.torch_model import AnomalyGPTModel
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "anomalygpt_reference"
@@ -58,8 +62,8 @@ VISION_SIZES = {"small": (768, 12, 12), "huge": (1280, 32, 16)}
 """``--size`` choices of the encoder benchmarks: (width, layers, heads); ``huge`` is ImageBind-Huge's vision tower."""
 
 
-def random_sized_model(size: str, seed: int = 0):  # noqa: ANN201 (the import stays lazy)
-    """An ``AnomalyGPTModel`` with a random vision tower of ``VISION_SIZES[size]`` (224 px, patch 14), tiny text tower."""
+def random_sized_model(size: str, seed: int = 0) -> AnomalyGPTModel:
+    """An ``AnomalyGPTModel``: random vision tower of ``VISION_SIZES[size]`` (224 px, patch 14), tiny text tower."""
     from anomalib_agpt.presets import PresetSizes, random_anomalygpt_delta, random_imagebind_state_dict
     from anomalib_agpt.torch_model import AnomalyGPTModel
 
@@ -93,3 +97,17 @@ def median_seconds(function: Callable[[], object], warmup: int, repeats: int) ->
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(functions: list[Callable[[], object]], warmup: int, repeats: int) -> list[float]:
+    """Median wall time of each function, timed round-robin so that a changing machine load hits all alike."""
+    for _ in range(warmup):
+        for function in functions:
+            function()
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for function, spent in zip(functions, times, strict=True):
+            start = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]

@@ -1,0 +1,96 @@
+"""Few-shot cost: per-query time of the scores path for k = 0, 1, 2, 4, 8, 16 reference images.
+
+    python benchmarks/few_shot_cost.py [--size small|huge] [--shots 0 1 2 4 8 16] [--batch 4] [--repeats 3]
+
+The memory is set once per k with ``model.set_references(torch.randn(k, 3, 224, 224))``; then each
+query batch goes through ``model(images)``. A forward hook on ``model.vision_encoder`` counts the
+encoder calls and the images each call sees: a query must trigger exactly ONE encoder call on its own
+images, whatever k (references are never re-encoded), so the per-query encoder cost stays flat.
+What grows with k is the memory comparison (``anomaly_maps.few_shot_similarity``, timed
+separately); the figure is its share of the per-query time. Sizes as in ``scores_vs_open_clip.py``
+(``small``: 768 wide, 12 layers; ``huge``: ImageBind-Huge's 1280/32). Last line is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from _setup import VISION_SIZES, interleaved_medians, random_sized_model
+from torch import nn
+
+from anomalib_agpt.anomaly_maps import few_shot_similarity
+
+
+class EncoderCalls:
+    """Forward hook: how many times the encoder ran, and on how many images each time."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.batches: list[int] = []
+        self.handle = encoder.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:  # noqa: ANN401
+        """Record one call and its batch size."""
+        self.batches.append(int(inputs[0].shape[0]))
+
+
+def main() -> None:
+    """Time the scores path and the memory comparison for each k and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(VISION_SIZES), default="small")
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16])
+    parser.add_argument("--batch", type=int, default=4, help="query images per call")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = random_sized_model(args.size).to(args.device)
+    queries = torch.randn(args.batch, 3, 224, 224, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    calls = EncoderCalls(model.vision_encoder)
+    with torch.no_grad():
+        features = model.vision_encoder(queries)
+
+    def timed(*functions: Any) -> list[float]:  # noqa: ANN401
+        """Per-query medians of the functions, timed round-robin."""
+        with torch.no_grad():
+            seconds = interleaved_medians([lambda f=f: (f(), sync()) for f in functions], args.warmup, args.repeats)
+        return [value / args.batch for value in seconds]
+
+    print(f"sizes: {args.size} {VISION_SIZES[args.size]}, {args.batch} queries per call, {args.device}")
+    print(
+        f"{'k':>3s} {'ms/query':>9s} {'encoder ms':>11s} {'encoder share':>14s} {'memory cmp ms':>14s} {'share':>6s} "
+        f"{'encoder calls/query':>20s}"
+    )
+    encoder_calls_ok = True
+    share = 0.0
+    for k in args.shots:
+        if k:
+            model.set_references(torch.randn(k, 3, 224, 224, device=args.device))
+        else:
+            model.reference_memory = model.reference_memory[:, :0]
+        assert model.num_reference_images == k
+        calls.batches.clear()
+        with torch.no_grad():
+            model(queries)
+        seen = list(calls.batches)
+        encoder_calls_ok &= seen == [args.batch]
+        per_query, encoder, memory = timed(
+            lambda: model(queries),
+            lambda: model.vision_encoder(queries),
+            lambda k=k: few_shot_similarity(features.patch_tokens, model.reference_memory) if k else None,
+        )
+        share = memory / per_query if k else 0.0
+        print(
+            f"{k:3d} {1000 * per_query:9.1f} {1000 * encoder:11.1f} {100 * encoder / per_query:13.1f}% "
+            f"{1000 * memory if k else 0.0:14.2f} {100 * share:5.1f}% {len(seen):>10d} (on {seen[0]} images)",
+        )
+    calls.handle.remove()
+    verdict = "1 for every k" if encoder_calls_ok else "NOT 1 for every k (references re-encoded?)"
+    print(f"encoder calls per query: {verdict}; memory comparison share at k={args.shots[-1]}: {100 * share:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
