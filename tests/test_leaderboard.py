@@ -106,3 +106,11 @@ def test_config_and_flags() -> None:
     assert len(config.categories) >= 1
     with pytest.raises(SystemExit):
         leaderboard.parse_args(["--dataset", "mvtec"])  # needs --root
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs" / "leaderboard").glob("*.yaml")))
+def test_shipped_leaderboard_configs_parse(config: Path) -> None:
+    """Every leaderboard config names only known options and models."""
+    parsed = leaderboard.parse_args(["--config", str(config)])
+    assert parsed.models
+    assert all(name.startswith("AnomalyGPT-") or name in leaderboard.DEFAULT_MODELS for name in parsed.models)
