@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
+VENV="${VENV:-.venv}"
 export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
-exec .venv/bin/anomalib-agpt demo "$@"
+exec "$VENV"/bin/anomalib-agpt demo "$@"

@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
+VENV="${VENV:-.venv}"
 export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
-.venv/bin/ruff check anomalib_agpt tests benchmarks
-.venv/bin/ruff format --check anomalib_agpt tests benchmarks
-exec .venv/bin/python -m pytest -q "$@"
+"$VENV"/bin/ruff check anomalib_agpt tests benchmarks
+"$VENV"/bin/ruff format --check anomalib_agpt tests benchmarks
+exec "$VENV"/bin/python -m pytest -q "$@"
