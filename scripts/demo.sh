@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up the environment if needed, then run the offline demo
-# (AnomalyGPT zero-/k-shot next to Patchcore on a synthetic MVTec-layout dataset).
+# (AnomalyGPT trained end to end with a small LLM, AnomalyGPT k-shot and Patchcore on synthetic data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
