@@ -195,14 +195,15 @@ def _prompt_learner(
 ) -> PromptLearner:
     """The delta's prompt learner when it fits the LLM; a fresh one when it may train from scratch."""
     source = spec.anomalygpt_checkpoint or "<anomalygpt delta>"
-    fits = bool(prompt_state) and PromptLearner.from_state_dict(prompt_state, source).hidden_size == hidden
-    if fits:
+    base_prompts = prompt_state.get("base_prompts")
+    width = base_prompts.shape[1] if base_prompts is not None else None  # read, not built: 105M params at 7B
+    if prompt_state and width == hidden:
         prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
         ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
         return prompt_learner
     if "prompt_learner" in spec.fresh_parts:
         return PromptLearner.fresh(hidden)
-    width = PromptLearner.from_state_dict(prompt_state, source).hidden_size if prompt_state else "no"
+    width = width or "no"
     msg = (
         f"AnomalyGPT delta '{source}' makes prompts of width {width}; the LLM '{folder}' has hidden size {hidden}. "
         "Train a new prompt learner (trainable includes 'prompt_learner') for another LLM."
@@ -340,7 +341,7 @@ class LLMHead(nn.Module):
 
         Returns ``(inputs_embeds (B, L, H), attention_mask (B, L))``.
         """
-        return self._left_pad(self._prefix_rows(image_embedding, anomaly_map, questions))
+        return self._pad(self._prefix_rows(image_embedding, anomaly_map, questions), left=True)
 
     def training_inputs(
         self,
@@ -355,14 +356,10 @@ class LLMHead(nn.Module):
             target = self.encode(answer + self.conversation.answer_suffix)
             rows.append(torch.cat([prefix, self._embed(target)]))
             labels.append([-100] * prefix.shape[0] + target)
-        length = max(row.shape[0] for row in rows)
-        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
-        label_tensor = torch.full((len(rows), length), -100, dtype=torch.long, device=rows[0].device)
-        for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
-            embeds[index, : row.shape[0]] = row
-            mask[index, : row.shape[0]] = 1
-            label_tensor[index, : len(label)] = torch.tensor(label, device=rows[0].device)
+        embeds, mask = self._pad(rows, left=False)
+        label_tensor = torch.full(mask.shape, -100, dtype=torch.long, device=mask.device)
+        for index, label in enumerate(labels):
+            label_tensor[index, : len(label)] = torch.tensor(label, device=mask.device)
         return embeds, mask, label_tensor
 
     def lm_loss(
@@ -377,13 +374,18 @@ class LLMHead(nn.Module):
         return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     @staticmethod
-    def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(rows: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack ``(L_i, H)`` rows into ``(B, L, H)`` with zeros and an attention mask.
+
+        Left padding for generation (every row ends where generation starts), right for training.
+        """
         length = max(row.shape[0] for row in rows)
         embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
         for index, row in enumerate(rows):
-            embeds[index, length - row.shape[0] :] = row
-            mask[index, length - row.shape[0] :] = 1
+            span = slice(length - row.shape[0], length) if left else slice(0, row.shape[0])
+            embeds[index, span] = row
+            mask[index, span] = 1
         return embeds, mask
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **settings: Any) -> list[str]:  # noqa: ANN401
