@@ -198,7 +198,8 @@ def _prompt_learner(
     base_prompts = prompt_state.get("base_prompts")
     width = base_prompts.shape[1] if base_prompts is not None else None  # read, not built: 105M params at 7B
     if prompt_state and width == hidden:
-        prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
+        with torch.device("meta"):  # no random init of weights that are about to be assigned
+            prompt_learner = PromptLearner.from_state_dict(prompt_state, source)
         ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
         return prompt_learner
     if "prompt_learner" in spec.fresh_parts:
