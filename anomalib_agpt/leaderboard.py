@@ -25,18 +25,21 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import logging
 import math
 import os
 import re
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .demo import CHECKPOINT_ENV, IMAGEBIND_ENV, _quiet, _timer_callback
+IMAGEBIND_ENV = "ANOMALIB_AGPT_IMAGEBIND"
+CHECKPOINT_ENV = "ANOMALIB_AGPT_CHECKPOINT"
 
 DEFAULT_MODELS = (
     "AnomalyGPT-0shot",
@@ -81,6 +84,32 @@ RANDOM_BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
     "padim": {"backbone": "resnet18"},
 }
 """Extra constructor options of models run with a random backbone (small and fast)."""
+
+
+def quiet() -> None:
+    """Keep a run's output to its table: no warnings, log lines or Lightning banners."""
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+
+def batch_timer() -> Any:  # noqa: ANN401
+    """A Lightning callback that times the test batches (model work only, not data loading)."""
+    from lightning.pytorch import Callback
+
+    class TestTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds = 0.0
+            self.images = 0
+            self._start = 0.0
+
+        def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, *args: Any) -> None:  # noqa: ANN401
+            self._start = time.perf_counter()
+
+        def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:  # noqa: ANN401
+            self.seconds += time.perf_counter() - self._start
+            self.images += len(batch.image)
+
+    return TestTimer()
 
 
 def _efficientad_local() -> bool:
@@ -273,7 +302,40 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
     options.setdefault("visualizer", config.visualize)
     options.setdefault("evaluator", _evaluator(AnomalyGPT.configure_evaluator(explain=bool(options.get("explain")))))
     del category  # the class name follows the datamodule's category
+    notes = "; ".join(note for note in (notes, *_anomalygpt_notes(options)) if note)
     return BuiltModel(AnomalyGPT(**options), notes=notes, trainer_options=trainer)
+
+
+def _anomalygpt_notes(options: dict[str, Any]) -> list[str]:
+    """What the table should say about an AnomalyGPT cell: what trains and which LLM explains."""
+    notes = []
+    trainable = options.get("trainable") or ()
+    if trainable:
+        notes.append(f"trained: {', '.join(trainable)}")
+    if options.get("explain") and options.get("llm"):
+        notes.append(f"explains with {Path(str(options['llm'])).stem}")
+    return notes
+
+
+def _pretrained_backbone_available(backbone: inspect.Parameter | None) -> bool:
+    """Whether a model's default pretrained backbone can load: downloads allowed, or timm's weights cached."""
+    if _online():
+        return True
+    name = backbone.default if backbone is not None else None
+    if not isinstance(name, str):
+        return False
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    except Exception:  # an unknown backbone name: treat as unavailable
+        return False
+    if not hub_id:
+        return False
+    return any(
+        isinstance(try_to_load_from_cache(hub_id, file), str) for file in ("model.safetensors", "pytorch_model.bin")
+    )
 
 
 def _build_anomalib(name: str, config: LeaderboardConfig, extra: dict) -> BuiltModel:
@@ -293,7 +355,8 @@ def _build_anomalib(name: str, config: LeaderboardConfig, extra: dict) -> BuiltM
             return BuiltModel(skip_reason=f"{reason}; offline and not found locally")
     options: dict[str, Any] = {}
     notes = ""
-    if "pre_trained" in inspect.signature(cls.__init__).parameters:
+    parameters = inspect.signature(cls.__init__).parameters
+    if "pre_trained" in parameters and not _pretrained_backbone_available(parameters.get("backbone")):
         options = {"pre_trained": False, **RANDOM_BACKBONE_OPTIONS.get(key, {})}
         notes = f"random backbone ({options.get('backbone', 'default')})"
     options.update(extra)
@@ -345,7 +408,7 @@ def run_cell(name: str, config: LeaderboardConfig, data_root: Path | None, categ
         trainer = dict(built.trainer_options)
         if built.model.learning_type in {LearningType.ZERO_SHOT, LearningType.FEW_SHOT}:
             trainer = {}  # fit = the validation-only set-up (references, text features, thresholds)
-        timer = _timer_callback()
+        timer = batch_timer()
         engine = Engine(
             default_root_dir=config.output / "runs" / name / category / f"seed{seed}",
             logger=False,
@@ -532,11 +595,30 @@ def write_chart(summary: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Run every missing cell, then write ``leaderboard.md`` and ``leaderboard.png``; return the summary."""
-    config = parse_args(argv)
+def print_summary(summary: list[dict[str, Any]], title: str) -> None:
+    """The ranked means (and, with several categories, each category) as a rich table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    means = [entry for entry in summary if entry["category"] == "**mean**"]
+    several = len(means) < len([entry for entry in summary if entry["category"] != "**mean**"])
+    shown = [entry for entry in summary if several or entry["category"] != "**mean**"]
+    table = Table(title=title)
+    for column in ("model", "category", *(name for name, _ in TABLE), "notes"):
+        table.add_column(column, justify="left" if column in {"model", "category", "notes"} else "right")
+    for entry in shown:
+        mean = entry["category"] == "**mean**"
+        values = [_fmt(entry[column], column) for _, column in TABLE]
+        notes = entry["notes"] if entry["n_ok"] else entry["status"]
+        category = "mean" if mean else entry["category"]
+        table.add_row(entry["model"], category, *values, notes, style="bold" if mean else None)
+    Console(width=200).print(table)
+
+
+def run_leaderboard(config: LeaderboardConfig, title: str = "anomalib-agpt leaderboard") -> list[dict[str, Any]]:
+    """Run every missing cell, print the table, write ``leaderboard.md`` / ``.png``; return the summary."""
     os.environ.setdefault("TQDM_DISABLE", "1")
-    _quiet()
+    quiet()
     config.output.mkdir(parents=True, exist_ok=True)
     data_root = config.root
     if config.dataset == "synthetic":
@@ -554,7 +636,13 @@ def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
                 append_result(results, row)
                 print(f"  {name} / {category} / seed {seed}: {row['status']}", flush=True)
     summary = summarise(read_results(results), config)
+    print_summary(summary, title)
     write_markdown(summary, config)
     write_chart(summary, config.output / "leaderboard.png")
     print(f"Leaderboard in {(config.output / 'leaderboard.md').resolve()}", flush=True)
     return summary
+
+
+def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``anomalib-agpt leaderboard``: parse the options and run."""
+    return run_leaderboard(parse_args(argv))

@@ -5,7 +5,8 @@
 Both go through anomalib's Engine (fit, then test) on the same synthetic category
 (``anomalib_agpt.data.make_synthetic_mvtec``); ``Patchcore(backbone="resnet18", pre_trained=False,
 layers=("layer2", "layer3"), coreset_sampling_ratio=0.1)``. A Lightning callback around the test
-batches (the demo's ``_timer_callback``) times the model's work per image, data loading excluded.
+batches (the leaderboard's ``batch_timer``, through its ``run_cell``) times the model's work per image,
+data loading excluded.
 Random weights: the AUROCs printed alongside mean nothing about real data. Last line: the
 time-per-image ratio AnomalyGPT / Patchcore for each AnomalyGPT setting.
 """
@@ -32,30 +33,16 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         print("note: MALLOC_MMAP_THRESHOLD_ is unset; Patchcore's coreset step may take much more memory")
-    from anomalib.models import Patchcore
-    from lightning.pytorch import seed_everything
-
-    from anomalib_agpt import AnomalyGPT
     from anomalib_agpt.data import make_synthetic_mvtec
-    from anomalib_agpt.demo import DemoModel, _quiet, run_one
+    from anomalib_agpt.leaderboard import LeaderboardConfig, quiet, run_cell
 
-    _quiet()
-    models = {
-        "AnomalyGPT 0-shot": DemoModel(lambda: AnomalyGPT(preset="random-small", k_shot=0)),
-        f"AnomalyGPT {args.k_shot}-shot": DemoModel(lambda: AnomalyGPT(preset="random-small", k_shot=args.k_shot)),
-        "Patchcore": DemoModel(
-            lambda: Patchcore(
-                backbone="resnet18",
-                pre_trained=False,
-                layers=("layer2", "layer3"),
-                coreset_sampling_ratio=0.1,
-            ),
-        ),
-    }
+    quiet()
+    few_shot = f"AnomalyGPT-{args.k_shot}shot"
     with tempfile.TemporaryDirectory() as folder:
-        output = Path(folder)
+        config = LeaderboardConfig(output=Path(folder), models=["AnomalyGPT-0shot", few_shot, "Patchcore"])
+        config.model_options = {"Patchcore": {"num_neighbors": 9}}
         root = make_synthetic_mvtec(
-            output / "data",
+            config.output / "data",
             categories=(args.category,),
             num_train=args.num_train,
             num_test_good=args.num_test,
@@ -63,18 +50,20 @@ def main() -> None:
             image_size=args.image_size,
         )
         rows = {}
-        for name, spec in models.items():
-            seed_everything(0, verbose=False)
+        for name in config.models:
             start = time.perf_counter()
-            row = run_one(name, spec, root, args.category, output)
+            row = run_cell(name, config, root, args.category, seed=0)
+            if row["status"] != "ok":
+                raise SystemExit(f"{name}: {row['status']}")
             rows[name] = row
             print(
-                f"{name:20s} {row.ms_per_image:8.1f} ms/image (test batches)  image AUROC {row.image_auroc:.3f}  "
-                f"pixel AUROC {row.pixel_auroc:.3f}  fit+test {time.perf_counter() - start:.1f} s",
+                f"{name:20s} {row['ms_per_image']:8.1f} ms/image (test batches)  image AUROC "
+                f"{row['image_AUROC']:.3f}  pixel AUROC {row['pixel_AUROC']:.3f}  fit+test "
+                f"{time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-    patchcore = rows.pop("Patchcore").ms_per_image
-    figures = "; ".join(f"{name} {row.ms_per_image / patchcore:.2f}x" for name, row in rows.items())
+    patchcore = rows.pop("Patchcore")["ms_per_image"]
+    figures = "; ".join(f"{name} {row['ms_per_image'] / patchcore:.2f}x" for name, row in rows.items())
     print(f"time per test image, AnomalyGPT / Patchcore (resnet18, random init): {figures}")
 
 

@@ -137,13 +137,16 @@ def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights:
 
 
 def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
-    """The demo in its reduced mode: trains AnomalyGPT with an LLM, tests it with answers, next to Patchcore."""
+    """The demo in its reduced mode: a leaderboard of trained AnomalyGPT (with answers), k-shot and Patchcore."""
     result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--quick", cwd=tmp_path)
     assert "image AUROC" in result.stdout
     assert "No AnomalyGPT weights configured" in result.stdout
     with (tmp_path / "demo" / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [row["model"].split(" (")[0] for row in rows] == ["AnomalyGPT trained", "AnomalyGPT 4-shot", "Patchcore"]
+    assert [row["model"] for row in rows] == ["AnomalyGPT-fullshot", "AnomalyGPT-4shot", "Patchcore"]
+    assert [row["status"] for row in rows] == ["ok"] * 3
+    assert "trained: decoder, prompt_learner, llama_proj, lora" in rows[0]["notes"]
+    assert "random backbone" in rows[2]["notes"]
     for row in rows:
         assert 0.0 <= float(row["image_AUROC"]) <= 1.0
         assert 0.0 <= float(row["pixel_AUROC"]) <= 1.0
@@ -152,7 +155,9 @@ def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
     assert 0.0 <= float(rows[0]["ExplanationGrounding"]) <= 1.0
     assert rows[1]["AnswerAccuracy"] == ""  # scores-only models have no answers
     assert float(rows[1]["pixel_AUROC"]) > 0.8  # the k-shot memory localises the drawn defects
-    pngs = list((tmp_path / "demo" / "results").rglob("AnomalyGPT trained*/**/images/**/*.png"))
+    assert (tmp_path / "demo" / "leaderboard.md").is_file()
+    assert (tmp_path / "demo" / "leaderboard.png").is_file()
+    pngs = list((tmp_path / "demo" / "runs" / "AnomalyGPT-fullshot").rglob("images/**/*.png"))
     assert pngs  # the explanation visualizer's panels
 
 

@@ -114,3 +114,45 @@ def test_shipped_leaderboard_configs_parse(config: Path) -> None:
     parsed = leaderboard.parse_args(["--config", str(config)])
     assert parsed.models
     assert all(name.startswith("AnomalyGPT-") or name in leaderboard.DEFAULT_MODELS for name in parsed.models)
+
+
+def test_pretrained_backbone_only_when_it_can_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretrained backbones stay when downloads are allowed or timm's weights are cached; else random."""
+    import inspect
+
+    import huggingface_hub
+    from anomalib.models import Padim
+
+    backbone = inspect.signature(Padim.__init__).parameters["backbone"]
+    asked: list[tuple[str, str]] = []
+    cached = {("timm/resnet18.a1_in1k", "model.safetensors")}
+
+    def cache_lookup(repo: str, file: str) -> str | None:
+        asked.append((repo, file))
+        return "/cache/model.safetensors" if (repo, file) in cached else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache_lookup)
+    monkeypatch.setattr(leaderboard, "_online", lambda: True)
+    assert leaderboard._pretrained_backbone_available(backbone)
+    assert not asked  # online: nothing to look up
+    monkeypatch.setattr(leaderboard, "_online", lambda: False)
+    assert leaderboard._pretrained_backbone_available(backbone)
+    assert asked[0] == ("timm/resnet18.a1_in1k", "model.safetensors")
+    cached.clear()
+    assert not leaderboard._pretrained_backbone_available(backbone)
+    assert leaderboard.build_model("Padim", leaderboard.LeaderboardConfig(), "weave", 0).notes.startswith(
+        "random backbone"
+    )
+
+
+def test_anomalygpt_notes_say_what_trains_and_explains(tmp_path: Path) -> None:
+    """A cell's notes name the random preset, the trained parts and the explaining LLM."""
+    from anomalib_agpt.presets import write_tiny_llm
+
+    llm = write_tiny_llm(tmp_path / "tiny_llm", 0)
+    options = {"llm": str(llm), "explain": True, "trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]}
+    config = leaderboard.LeaderboardConfig(output=tmp_path, model_options={"AnomalyGPT-fullshot": options})
+    built = leaderboard.build_model("AnomalyGPT-fullshot", config, "weave", 0)
+    trained = "trained: decoder, prompt_learner, llama_proj, lora"
+    assert built.notes == f"random weights (random-small preset); {trained}; explains with tiny_llm"
+    assert built.trainer_options["max_epochs"] == config.epochs
