@@ -33,14 +33,21 @@ from .anomaly_maps import zero_shot_logits, zero_shot_probabilities
 from .callbacks import ExplanationVisualizer
 from .checkpoints import CheckpointError
 from .conversation import ConversationName, default_question, is_anomalous_answer
-from .llm_head import LLMDtype, LLMHeadSpec
+from .llm_head import (
+    AttnImplementation,
+    LLMDtype,
+    LLMHeadSpec,
+    LLMQuantization,
+    check_llm_options,
+    check_quantization_support,
+)
 from .loss import pixel_loss
 from .metrics import AnswerAccuracy, ExplanationGrounding
 from .pre_processing import ResizeMode, build_pre_processor
 from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from .prompting import category_to_class_name
 from .references import list_reference_images, load_reference_images
-from .torch_model import AnomalyGPTModel, FewShotMode
+from .torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, resolve_encoder_dtype
 from .training import (
     SynthesisMode,
     TrainablePart,
@@ -177,6 +184,15 @@ class AnomalyGPT(AnomalibModule):
         max_new_tokens: Longest answer, in tokens.
         llm_dtype: ``auto`` (fp32 on CPU, bf16 on GPU), ``fp32``, ``fp16`` or ``bf16``.
         merge_lora: Fold the LoRA into the LLM's weights (faster; rounds in ``llm_dtype``).
+        attn_implementation: The LLM's attention: ``sdpa`` (PyTorch's fused kernels) or ``eager``
+            (plain matmul + softmax).
+        llm_quantization: ``8bit`` or ``4bit`` (NF4) loads the LLM quantised through bitsandbytes
+            (CUDA and the ``quant`` extra; the LoRA stays unmerged); ``None`` (default): ``llm_dtype``.
+        encoder_dtype: dtype of the ImageBind towers: ``fp32`` (default, the reference's numbers),
+            ``fp16``, ``bf16``, or ``auto`` (fp16 on CUDA, fp32 on CPU). Features go back to float32
+            before the maps, so maps and scores are float32 in every case.
+        compile_encoder: Run the vision tower through ``torch.compile`` (compiled on the first
+            batch; export and checkpoints use the plain module).
         label_source: With ``explain``, ``answer`` takes ``pred_label`` from the answer ('Yes' in it
             is anomalous, the original's rule); ``threshold`` keeps anomalib's score threshold.
         do_sample: Sample instead of greedy decoding (the original samples with top_p 0.01-0.1).
@@ -222,6 +238,10 @@ class AnomalyGPT(AnomalibModule):
         max_new_tokens: int = 128,
         llm_dtype: LLMDtype = "auto",
         merge_lora: bool = False,
+        attn_implementation: AttnImplementation = "sdpa",
+        llm_quantization: LLMQuantization | None = None,
+        encoder_dtype: EncoderDtype = "fp32",
+        compile_encoder: bool = False,
         label_source: LabelSource = "answer",
         do_sample: bool = False,
         top_p: float = 0.1,
@@ -245,9 +265,15 @@ class AnomalyGPT(AnomalibModule):
             raise ValueError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
+        resolve_encoder_dtype(encoder_dtype, torch.device("cpu"))  # refuses an unknown value
+        check_llm_options(attn_implementation, llm_quantization, merge_lora)
+        if llm_quantization is not None:
+            check_quantization_support(llm_quantization)  # before any weights load
         head_options = {
             "llm_dtype": llm_dtype,
             "merge_lora": merge_lora,
+            "attn_implementation": attn_implementation,
+            "llm_quantization": llm_quantization,
             "conversation": conversation,
             "fresh_parts": tuple(trainable or ()),
             "seed": seed,
@@ -267,6 +293,7 @@ class AnomalyGPT(AnomalibModule):
             seed,
         )
         model.llm_spec = spec
+        model.configure_encoder(encoder_dtype, compile_encoder)
         model.generation = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,
@@ -356,7 +383,7 @@ class AnomalyGPT(AnomalibModule):
         synthetic = make_synthetic_batch(batch.image, batch.image_path, settings, self.seed, self.current_epoch)
         size = tuple(synthetic.images.shape[-2:])
         with torch.no_grad():
-            features = self.model.vision_encoder(synthetic.images)
+            features = self.model.encode(synthetic.images)
         logits = zero_shot_logits(self.model.decoder(features.patch_tokens), self.model.text_features)
         probabilities = zero_shot_probabilities(logits, size)
         pixel = pixel_loss(probabilities, synthetic.masks)

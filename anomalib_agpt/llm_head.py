@@ -3,14 +3,16 @@
 The LLM is any LLaMA-family causal LM in a Hugging Face folder (Vicuna-7B v0 for the released
 weights). It is loaded directly in the requested dtype with ``low_cpu_mem_usage`` (no fp32 copy
 first), the PandaGPT LoRA goes on q/k/v/o through peft (optionally merged), and a batch of images
-is answered by one ``generate`` call with left padding and the KV cache.
+is answered by one ``generate`` call with left padding and the KV cache. On CUDA the LLM may
+instead load 8-/4-bit quantised through bitsandbytes (the ``quant`` extra); its LoRA then stays unmerged.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,10 @@ from .prompt_learner import PromptLearner
 logger = logging.getLogger(__name__)
 
 LLMDtype = Literal["auto", "fp32", "fp16", "bf16"]
+AttnImplementation = Literal["sdpa", "eager"]
+LLMQuantization = Literal["8bit", "4bit"]
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+LLM_QUANTIZATIONS = (None, "8bit", "4bit")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _LORA_KEY = re.compile(
     r"^llama_model\.base_model\.model\.(?P<module>model\.layers\.\d+\.self_attn\.[qkvo]_proj)"
@@ -44,6 +50,42 @@ def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
     return _DTYPES[llm_dtype]
 
 
+def check_choice(option: str, value: object, allowed: Collection[object]) -> None:
+    """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
+    if value not in allowed:
+        msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
+        raise ValueError(msg)
+
+
+def check_llm_options(attn_implementation: str, llm_quantization: str | None, merge_lora: bool) -> None:
+    """Values and combinations of the LLM's inference options (nothing is loaded or probed)."""
+    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    check_choice("llm_quantization", llm_quantization, LLM_QUANTIZATIONS)
+    if llm_quantization is not None and merge_lora:
+        msg = (
+            f"merge_lora=True with llm_quantization='{llm_quantization}': the LoRA cannot be folded into "
+            "quantised weights (it would be rounded away); keep merge_lora=False (the LoRA runs beside them)."
+        )
+        raise ValueError(msg)
+
+
+def check_quantization_support(llm_quantization: str, device: torch.device | None = None) -> None:
+    """Refuse before anything loads: bitsandbytes quantises on CUDA only and is an optional extra."""
+    needs = []
+    if not torch.cuda.is_available():
+        needs.append("a CUDA GPU (none is available)")
+    elif device is not None and device.type != "cuda":
+        needs.append(f"the model on a CUDA device (it is on {device}; call model.to('cuda') first)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        needs.append("the bitsandbytes package (pip install 'anomalib-agpt[quant]')")
+    if needs:
+        msg = (
+            f"llm_quantization='{llm_quantization}' loads the LLM through bitsandbytes, which needs "
+            f"{' and '.join(needs)}. Otherwise leave llm_quantization=None (llm_dtype='fp16'/'bf16' halves memory)."
+        )
+        raise RuntimeError(msg)
+
+
 @dataclass(frozen=True)
 class LLMHeadSpec:
     """Where the explanation head's parts come from; loading happens only when an answer is needed."""
@@ -59,6 +101,12 @@ class LLMHeadSpec:
     """Parts that may start from a fresh initialisation when no weights fit (the ones that train)."""
     lora_rank: int = 8
     seed: int = 0
+    attn_implementation: AttnImplementation = "sdpa"
+    llm_quantization: LLMQuantization | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse unknown values and LoRA merging into a quantised LLM when the spec is made."""
+        check_llm_options(self.attn_implementation, self.llm_quantization, self.merge_lora)
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,14 +138,40 @@ def load_tokenizer(folder: Path) -> object:
         raise ckpt.CheckpointError(msg) from error
 
 
-def load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
+def bitsandbytes_config(llm_quantization: LLMQuantization, dtype: torch.dtype) -> object:
+    """The ``BitsAndBytesConfig``: LLM.int8 for ``8bit``, NF4 computing in ``dtype`` for ``4bit``."""
+    from transformers import BitsAndBytesConfig
+
+    if llm_quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_llm(
+    folder: Path,
+    dtype: torch.dtype,
+    attn_implementation: AttnImplementation = "sdpa",
+    llm_quantization: LLMQuantization | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
     """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors.
 
     safetensors folders stream into place (about one copy of the weights in memory); folders with
-    ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``.
+    ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``,
+    as does quantised loading (bitsandbytes quantises while placing the weights on ``device``).
     """
-    if folder.is_dir() and any(folder.glob("*.safetensors")):
-        return stream_safetensors_llm(folder, dtype).eval().requires_grad_(False)
+    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    extra: dict[str, Any] = {}
+    if llm_quantization is not None:
+        check_quantization_support(llm_quantization, device)
+        device = device or torch.device("cuda")
+        if device.type == "cuda":
+            place: int | str = device.index if device.index is not None else torch.cuda.current_device()
+        else:
+            place = str(device)
+        extra = {"quantization_config": bitsandbytes_config(llm_quantization, dtype), "device_map": {"": place}}
+    elif folder.is_dir() and any(folder.glob("*.safetensors")):
+        return stream_safetensors_llm(folder, dtype, attn_implementation).eval().requires_grad_(False)
     from transformers import AutoModelForCausalLM
 
     try:
@@ -107,7 +181,9 @@ def load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
             low_cpu_mem_usage=True,
             local_files_only=True,
             output_loading_info=True,
+            attn_implementation=attn_implementation,
             **_gguf(folder),
+            **extra,
         )
     except Exception as error:
         msg = f"llm: cannot load a causal LM from '{folder}': {type(error).__name__}: {error}"
@@ -256,10 +332,12 @@ class LLMHead(nn.Module):
         device: torch.device,
     ) -> LLMHead:
         """Load the LLM, the PandaGPT delta and the prompt learner strictly; fresh parts only if allowed."""
+        if spec.llm_quantization is not None:
+            check_quantization_support(spec.llm_quantization, device)
         folder = ckpt.resolve_weight_path(spec.llm, "llm")
         dtype = resolve_dtype(spec.llm_dtype, device)
         tokenizer = load_tokenizer(folder)
-        llm = load_llm(folder, dtype)
+        llm = load_llm(folder, dtype, spec.attn_implementation, spec.llm_quantization, device)
         rows = llm.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows or (folder.suffix != ".gguf" and len(tokenizer) != rows):
             msg = (
@@ -288,7 +366,12 @@ class LLMHead(nn.Module):
         head = cls(prompt_learner, llama_proj, llm, tokenizer, conversation_format(spec.conversation, tokenizer))
         head.prompt_learner.to(dtype)
         head.llama_proj.to(dtype)
-        return head.requires_grad_(False).to(device)
+        head.requires_grad_(False)
+        if spec.llm_quantization is not None:  # placed by bitsandbytes already; quantised weights refuse .to
+            head.prompt_learner.to(device)
+            head.llama_proj.to(device)
+            return head
+        return head.to(device)
 
     def _stop_token_id(self) -> int:
         stop = self.tokenizer.convert_tokens_to_ids(STOP_PIECE)

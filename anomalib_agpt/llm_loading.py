@@ -69,13 +69,16 @@ def _read_into(file: object, target: torch.Tensor, dtype: torch.dtype, shape: li
         target.copy_(destination)
 
 
-def stream_safetensors_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
-    """Build the folder's causal LM uninitialised in ``dtype`` and read every weight in place."""
+def stream_safetensors_llm(folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> nn.Module:
+    """Build the folder's causal LM uninitialised in ``dtype`` and read every weight in place.
+
+    ``attn_implementation`` is passed on because ``from_config``, unlike ``from_pretrained``, defaults to eager.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     with _no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     targets = model.state_dict()
     ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     loaded: set[str] = set()

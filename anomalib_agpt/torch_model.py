@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from anomalib.data import InferenceBatch
@@ -24,12 +24,22 @@ from .anomaly_maps import (
 )
 from .conversation import default_question
 from .encoder import NUM_TAPS, ImageBindTextEncoder, ImageBindVisionEncoder, VisionFeatures, build_encoders
-from .llm_head import LLMHead, LLMHeadSpec
+from .llm_head import LLMHead, LLMHeadSpec, check_choice
 from .prompting import DEFAULT_CLASS_NAME, prompt_sentences
 
 logger = logging.getLogger(__name__)
 
 FewShotMode = Literal["replace", "fuse"]
+EncoderDtype = Literal["fp32", "fp16", "bf16", "auto"]
+_ENCODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_encoder_dtype(encoder_dtype: EncoderDtype, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on CUDA (half the towers' memory, tensor cores), fp32 elsewhere (the reference's)."""
+    check_choice("encoder_dtype", encoder_dtype, ("fp32", "fp16", "bf16", "auto"))
+    if encoder_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _ENCODER_DTYPES[encoder_dtype]
 
 
 class AnomalyGPTModel(DynamicBufferMixin):
@@ -62,6 +72,24 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.pending_head_state: dict[str, torch.Tensor] = {}
         """Trained head weights from a checkpoint, applied when the head loads (it loads lazily)."""
         self.generation: dict[str, float | int | bool] = {"max_new_tokens": 128}
+        self.encoder_dtype: EncoderDtype = "fp32"
+        """dtype the ImageBind towers run in (see :meth:`configure_encoder`); fp32 is the reference's."""
+        self.compile_encoder = False
+        """Run the vision tower through ``torch.compile`` (compiled on first use)."""
+        self._compiled_encoder: Callable[[torch.Tensor], VisionFeatures] | None = None
+        self._eager_encoder = False
+        """Set while exporting: torch.export and pickling need the plain module."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (``to_torch``, ``deepcopy``) without the compiled forward; it is rebuilt on first use."""
+        state = super().__getstate__()
+        state["_compiled_encoder"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also models pickled before the encoder options existed (eager fp32, as they ran)."""
+        defaults = {"encoder_dtype": "fp32", "compile_encoder": False, "_eager_encoder": False}
+        super().__setstate__(defaults | state | {"_compiled_encoder": None})
 
     # ----------------------------------------------------------------------------------------
     # Construction from the original files
@@ -129,6 +157,46 @@ class AnomalyGPTModel(DynamicBufferMixin):
         return model
 
     # ----------------------------------------------------------------------------------------
+    # Encoder options: dtype and torch.compile
+    # ----------------------------------------------------------------------------------------
+    def configure_encoder(self, dtype: EncoderDtype = "fp32", compile: bool = False) -> None:
+        """Choose the towers' dtype and whether the vision tower is compiled; both apply on the next call.
+
+        ``fp16``/``bf16`` cast the towers' weights (half the memory); features are cast back to
+        float32 before any map, so maps, scores and the reference memory stay float32.
+        """
+        check_choice("encoder_dtype", dtype, ("fp32", "fp16", "bf16", "auto"))
+        self.encoder_dtype = dtype
+        self.compile_encoder = bool(compile)
+        self._compiled_encoder = None
+
+    def _encoder_in_dtype(self, device: torch.device) -> torch.dtype:
+        """Cast both towers to ``encoder_dtype`` for ``device`` if they are not yet (a no-op in fp32)."""
+        dtype = resolve_encoder_dtype(self.encoder_dtype, device)
+        if self.vision_encoder.visual.conv1.weight.dtype != dtype:
+            logger.info("AnomalyGPT: running the ImageBind towers in %s", dtype)
+            self.vision_encoder.to(dtype)
+            self.text_encoder.to(dtype)
+        return dtype
+
+    def encode(self, images: torch.Tensor) -> VisionFeatures:
+        """One pass of the vision tower in ``encoder_dtype`` (compiled if asked); float32 features."""
+        dtype = self._encoder_in_dtype(images.device)
+        encoder: Callable[[torch.Tensor], VisionFeatures] = self.vision_encoder
+        if self.compile_encoder and not self._eager_encoder and not torch.compiler.is_compiling():
+            if self._compiled_encoder is None:
+                # The bound forward, not the module: parameters keep their names for checkpoints and export.
+                self._compiled_encoder = torch.compile(self.vision_encoder.forward)
+            encoder = self._compiled_encoder
+        features = encoder(images)
+        if dtype == torch.float32:
+            return features
+        return VisionFeatures(
+            patch_tokens=tuple(tokens.float() for tokens in features.patch_tokens),
+            embedding=features.embedding.float(),
+        )
+
+    # ----------------------------------------------------------------------------------------
     # Set-up: text features and references, computed once
     # ----------------------------------------------------------------------------------------
     @property
@@ -140,7 +208,8 @@ class AnomalyGPTModel(DynamicBufferMixin):
     def class_text_features(self, class_name: str) -> torch.Tensor:
         """``(2, D)`` [normal, abnormal]: sentence embeddings averaged per group, renormalised."""
         normal, abnormal = prompt_sentences(class_name)
-        embeddings = self.text_encoder.encode(normal + abnormal)
+        self._encoder_in_dtype(self.text_features.device)
+        embeddings = self.text_encoder.encode(normal + abnormal).float()
         groups = (embeddings[: len(normal)], embeddings[len(normal) :])
         return torch.stack([F.normalize(group.mean(dim=0), dim=-1) for group in groups])
 
@@ -162,7 +231,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         if images.ndim != 4 or images.shape[0] == 0:
             msg = f"set_references needs a non-empty (k, 3, H, W) batch of normal images, got {tuple(images.shape)}"
             raise ValueError(msg)
-        features = self.vision_encoder(images.to(self.reference_memory.device))
+        features = self.encode(images.to(self.reference_memory.device))
         self.reference_memory = normalise_memory(features.patch_tokens).to(self.reference_memory.dtype)
 
     @property
@@ -189,7 +258,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Pre-processed ``(B, 3, S, S)`` images -> ``InferenceBatch(pred_score, anomaly_map)``."""
-        return self.scores(self.vision_encoder(images), (images.shape[-2], images.shape[-1]))
+        return self.scores(self.encode(images), (images.shape[-2], images.shape[-1]))
 
     def scores(self, features: VisionFeatures, size: tuple[int, int]) -> InferenceBatch:
         """Map and image score (the map's maximum) from encoder features."""
@@ -221,15 +290,17 @@ class AnomalyGPTModel(DynamicBufferMixin):
 
     @contextmanager
     def scores_only(self) -> Iterator[None]:
-        """Temporarily detach the LLM head (export and pickling carry the scores path only)."""
+        """Temporarily detach the LLM head and run the encoder eagerly (export and pickling: scores path only)."""
         head = self._modules.pop("llm_head", None)
         pending, self.pending_head_state = self.pending_head_state, {}
         self.llm_head = None
+        self._eager_encoder = True
         try:
             yield
         finally:
             self.llm_head = head
             self.pending_head_state = pending
+            self._eager_encoder = False
 
     def _questions(self, question: str | Sequence[str] | None, batch_size: int) -> list[str]:
         if question is None:
@@ -247,7 +318,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         question: str | Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs_embeds, attention_mask)`` of the LLM for pre-processed images (left-padded)."""
-        features = self.vision_encoder(images)
+        features = self.encode(images)
         anomaly_map = self.anomaly_map(features, (images.shape[-2], images.shape[-1]))
         return self.llm_inputs(features, anomaly_map, question)
 
@@ -268,7 +339,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         question: str | Sequence[str] | None = None,
     ) -> tuple[InferenceBatch, list[str]]:
         """Scores and answers for a batch, from ONE pass of the encoder."""
-        features = self.vision_encoder(images)
+        features = self.encode(images)
         scores = self.scores(features, (images.shape[-2], images.shape[-1]))
         inputs_embeds, attention_mask = self.llm_inputs(features, scores.anomaly_map, question)
         return scores, self.ensure_llm_head().generate(inputs_embeds, attention_mask, **self.generation)

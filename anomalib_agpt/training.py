@@ -115,7 +115,7 @@ def rotation_reference_map(
     """1-shot map of every image against one normal reference in 4 rotations (AnomalyGPT's training)."""
     rotations = torch.stack([torch.rot90(reference, turns, dims=(-2, -1)) for turns in range(4)])
     with torch.no_grad():
-        memory = normalise_memory(model.vision_encoder(rotations).patch_tokens)
+        memory = normalise_memory(model.encode(rotations).patch_tokens)
     return few_shot_map(few_shot_similarity(features.patch_tokens, memory), size)
 
 
