@@ -25,18 +25,29 @@ class AnomalyGPTChat:
 
     """
 
-    def __init__(self, model: AnomalyGPT, image: str | Path | torch.Tensor) -> None:
+    def __init__(self, model: AnomalyGPT, image: str | Path | torch.Tensor, load_llm: bool = True) -> None:
+        """Encode ``image`` once; ``load_llm=False`` keeps a scores-only model usable (no :meth:`ask`)."""
         self.model = model.eval()
-        model.prepare(load_llm=True)
+        model.prepare(load_llm=load_llm)
         raw = read_image_checked(image) if isinstance(image, str | Path) else image
         pixels = raw.unsqueeze(0) if raw.ndim == 3 else raw
         if model.pre_processor is not None:
             pixels = model.pre_processor.transform(pixels)
         torch_model = model.model
         with torch.no_grad():
-            self._features = torch_model.vision_encoder(pixels.to(torch_model.reference_memory.device))
-            self.scores: InferenceBatch = torch_model.scores(self._features, tuple(pixels.shape[-2:]))
+            self._features = torch_model.encode(pixels.to(torch_model.reference_memory.device))
+        self._size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        self.scores: InferenceBatch = self.rescore()
         self.history: list[tuple[str, str]] = []
+
+    def rescore(self) -> InferenceBatch:
+        """Recompute map and score from the kept features after the class name or references changed.
+
+        The image is not encoded again and the history is kept: the caller decides whether to reset it.
+        """
+        with torch.no_grad():
+            self.scores = self.model.model.scores(self._features, self._size)
+        return self.scores
 
     def ask(self, question: str) -> str:
         """Answer ``question`` given the conversation so far, and remember the turn."""

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 USAGE = """usage: anomalib-agpt demo [--help]            run the offline demo (AnomalyGPT vs Patchcore)
        anomalib-agpt leaderboard [--help]     rank models on the same data/categories/seeds
+       anomalib-agpt serve [--help]           web demo: heatmap, mask, score and a chat (needs [serve])
        anomalib-agpt {fit,validate,test,train,predict,export} ...   anomalib's CLI, --model AnomalyGPT
 """
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Dispatch ``demo`` to the demo and everything else to anomalib's CLI."""
+    """Dispatch ``demo``, ``leaderboard`` and ``serve`` to their modules and everything else to anomalib's CLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "demo":
         from .demo import main as demo_main
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .leaderboard import main as leaderboard_main
 
         leaderboard_main(args[1:])
+        return
+    if args and args[0] == "serve":
+        from .serve.app import main as serve_main
+
+        serve_main(args[1:])
         return
     if args and args[0] in {"-h", "--help"} and len(args) == 1:
         sys.stdout.write(USAGE + "\n")

@@ -1,0 +1,10 @@
+"""``anomalib-agpt serve``: a web page to upload an image, see its heatmap and talk about the defect.
+
+``handlers`` holds the request handlers (no web library needed to use or test them), ``models`` builds
+the served model (weights, a trained checkpoint or the demo preset) and ``app`` is the Gradio page and
+the command line. Importing this package does not import Gradio.
+"""
+
+from .handlers import Analysis, BadInputError, ServeSession
+
+__all__ = ["Analysis", "BadInputError", "ServeSession"]

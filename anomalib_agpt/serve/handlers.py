@@ -1,0 +1,451 @@
+"""Request handlers of the web demo: an image (+ references, class name, question) in; map, mask, score, answer out.
+
+They sit on :class:`~anomalib_agpt.chat.AnomalyGPTChat` and need no web library, so the page's behaviour
+is tested without a browser. Every handler returns an :class:`Analysis`: bad input becomes its
+``message`` (never an exception or a stack trace), so one bad request cannot take the server down.
+
+Model work is cached: an uploaded image is encoded once (keyed by its content), a follow-up question
+reuses that encoding, a class-name switch only recomputes the map from the kept features, and
+reference images are encoded again only when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.visualization.image.functional import (
+    apply_colormap,
+    overlay_image,
+    overlay_images,
+    visualize_pred_mask,
+)
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F  # noqa: N812
+
+from ..chat import AnomalyGPTChat
+from ..conversation import default_question
+from ..lightning_model import AnomalyGPT
+from ..prompting import DEFAULT_CLASS_NAME, category_to_class_name
+from ..references import load_reference_images, read_image_checked
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+"""Largest upload (width x height) decoded: 25 MP, ~300 MB as a float tensor on the way to 224 x 224."""
+DISPLAY_SIDE = 448
+"""Long side of the images shown on the page."""
+MAX_QUESTION_CHARS = 1000
+MAX_CLASS_NAME_CHARS = 64
+MAX_REFERENCES = 16
+CACHE_SIZE = 8
+"""Encoded images kept for follow-up questions."""
+HEATMAP_ALPHA = 0.5
+
+SCORES_ONLY_MESSAGE = (
+    "Scores only: no LLM is configured, so there is no answer. Explanations need an LLM: start the server "
+    "with `--llm <LLM folder> --pandagpt-checkpoint <PandaGPT delta>` (see the README's weights table)."
+)
+
+History = list[tuple[str, str]]
+_CLASS_NAME = re.compile(r"[\w .\-]+")
+
+
+class BadInputError(ValueError):
+    """Input the page explains to its user as a message (a missing, non-image or huge file, an empty question)."""
+
+
+@dataclass
+class Analysis:
+    """What the page shows after a request; ``None`` fields have nothing to show (e.g. after bad input)."""
+
+    image: np.ndarray | None = None
+    """The part of the upload the model sees (RGB uint8, long side :data:`DISPLAY_SIDE`)."""
+    heatmap: np.ndarray | None = None
+    """The anomaly map in colour over ``image``."""
+    mask: np.ndarray | None = None
+    """The predicted mask drawn over ``image`` (red fill and outline)."""
+    pred_mask: np.ndarray | None = None
+    """The predicted mask itself (bool, the size of ``image``)."""
+    score: float | None = None
+    """The image score, as ``model(image).pred_score`` gives it (normalised when thresholds were fitted)."""
+    is_anomalous: bool | None = None
+    """The model's label for the score (its fitted threshold; 0.5 when none was fitted)."""
+    history: History = field(default_factory=list)
+    """The conversation so far: ``(question, answer)`` turns."""
+    message: str = ""
+    """Markdown for the page's status line: what went wrong, or notes on what is shown."""
+    ok: bool = True
+    """False when ``message`` reports a problem."""
+
+    @property
+    def answer(self) -> str | None:
+        """The latest answer, if any."""
+        return self.history[-1][1] if self.history else None
+
+    @property
+    def score_text(self) -> str:
+        """The score and the label it implies, for the page."""
+        if self.score is None:
+            return ""
+        verdict = "anomalous" if self.is_anomalous else "normal"
+        return f"{self.score:.3f} ({verdict})"
+
+
+@dataclass
+class _Encoded:
+    """One uploaded image: its chat (features kept), its display view and the setting its map was made in."""
+
+    chat: AnomalyGPTChat
+    view: np.ndarray
+    context: tuple[str | None, tuple[str, ...]]
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash of a file: the cache key of an upload (gradio gives each upload a new path)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_image_file(path: str | Path | None, max_pixels: int, what: str = "image") -> Path:
+    """The upload as a path, after checking from its header (nothing decoded yet) that it is a sane image."""
+    if path is None or not str(path).strip():
+        msg = f"No {what}: upload one or pick an example."
+        raise BadInputError(msg)
+    path = Path(path)
+    if not path.is_file():
+        msg = f"The {what} '{path.name}' did not arrive; upload it again."
+        raise BadInputError(msg)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        msg = f"The {what} '{path.name}' is too large to open safely ({error})."
+        raise BadInputError(msg) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        msg = f"'{path.name}' is not an image file this page can read; upload a PNG, JPEG, BMP, TIFF or WebP image."
+        raise BadInputError(msg) from error
+    if width * height > max_pixels:
+        msg = (
+            f"The {what} '{path.name}' is {width} x {height} = {width * height / 1e6:.1f} megapixels; this server "
+            f"accepts up to {max_pixels / 1e6:.1f} megapixels (--max-image-pixels). The model sees 224 x 224 "
+            "pixels anyway: downscale it first."
+        )
+        raise BadInputError(msg)
+    return path
+
+
+def read_upload(path: Path) -> torch.Tensor:
+    """Decode a checked upload as a ``(3, H, W)`` tensor in [0, 1]; a corrupt file is bad input."""
+    try:
+        return read_image_checked(path)
+    except ValueError as error:
+        raise BadInputError(str(error)) from error
+
+
+def model_view(image: torch.Tensor, resize_mode: str) -> torch.Tensor:
+    """The part of ``(3, H, W)`` the model sees: the centred square for ``crop``, everything for ``squash``."""
+    if resize_mode != "crop":
+        return image
+    height, width = image.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[:, top : top + side, left : left + side]
+
+
+def display_size(height: int, width: int, side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """``(h, w)`` with the long side ``side`` and the aspect ratio kept."""
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def to_display(view: torch.Tensor) -> np.ndarray:
+    """A ``(3, H, W)`` view in [0, 1] as an RGB uint8 array of :func:`display_size`."""
+    size = display_size(*view.shape[-2:])
+    resized = F.interpolate(view[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return (resized.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def render(
+    view: np.ndarray,
+    scores: InferenceBatch,
+    stretch: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmap overlay, mask overlay and the mask itself, at the size of ``view``, with anomalib's drawing.
+
+    ``stretch`` spreads the colours over this image's own range: without fitted thresholds the raw map
+    of a few-shot model can span 0.0-0.1, which would be one flat colour on an absolute scale.
+    """
+    size = view.shape[:2]
+    anomaly_map = scores.anomaly_map.detach().float().cpu().reshape(1, 1, *scores.anomaly_map.shape[-2:])
+    values = F.interpolate(anomaly_map, size=size, mode="bilinear", align_corners=False)[0, 0]
+    if stretch:
+        low, high = values.min(), values.max()
+        values = (values - low) / (high - low) if high > low else torch.zeros_like(values)
+    levels = (values.clamp(0, 1) * 255).round().byte().numpy()
+    base = Image.fromarray(view)
+    heatmap = overlay_image(base, apply_colormap(Image.fromarray(levels, mode="L")), alpha=HEATMAP_ALPHA)
+    pred_mask = scores.pred_mask if scores.pred_mask is not None else scores.anomaly_map > 0.5
+    pred_mask = pred_mask.detach().float().cpu().reshape(1, 1, *pred_mask.shape[-2:])
+    mask = F.interpolate(pred_mask, size=size, mode="nearest")[0, 0] > 0.5
+    fill = visualize_pred_mask(mask, mode="fill", alpha=0.4)
+    outline = visualize_pred_mask(mask, mode="contour")
+    drawn = overlay_images(base, [fill, outline], alpha=1.0)
+    return np.asarray(heatmap.convert("RGB")), np.asarray(drawn.convert("RGB")), mask.numpy()
+
+
+class ServeSession:
+    """The served model and the handlers the page calls; one per server, safe to call from several threads.
+
+    Args:
+        model: The model to serve (weights, a restored checkpoint or the demo preset). Its LLM, when it
+            has one, is loaded here, before the first request.
+        max_image_pixels: Largest image (width x height) accepted; larger uploads get a message.
+        cache_size: Encoded images kept for follow-up questions.
+
+    Example:
+        >>> session = ServeSession(model)  # doctest: +SKIP
+        >>> first = session.analyse("bottle.png", [], "bottle", "")  # doctest: +SKIP
+        >>> first.heatmap.shape, first.score, first.answer  # doctest: +SKIP
+        >>> session.follow_up("bottle.png", [], "bottle", "Where is it?", first.history)  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        model: AnomalyGPT,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
+        self.model = model.eval()
+        self.max_image_pixels = max_image_pixels
+        self.cache_size = cache_size
+        self.explains = model.model.llm_spec is not None or model.model.llm_head is not None
+        model.prepare(load_llm=self.explains)
+        self.default_class_name = model.model.class_name or DEFAULT_CLASS_NAME
+        post = model.post_processor
+        self.calibrated = bool(
+            post is not None
+            and all(
+                torch.isfinite(getattr(post, name, torch.tensor(float("nan")))) for name in ("pixel_min", "pixel_max")
+            )
+        )
+        self._default_memory = model.model.reference_memory.clone()
+        self._references: tuple[str, ...] = ()
+        self._encoded: OrderedDict[str, _Encoded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------
+    # Handlers (the page's events)
+    # ----------------------------------------------------------------------------------------
+    def question_for(self, class_name: str | None = None) -> str:
+        """The question asked when the page's question box is empty: the model's, else the class's default."""
+        return self.model.question or default_question(self._class_name(class_name))
+
+    def preview(self, image: str | Path | None) -> Analysis:
+        """The uploaded image as the model will see it, or why it cannot be used (shown on upload)."""
+        if image is None:
+            return Analysis()
+        try:
+            path = check_image_file(image, self.max_image_pixels)
+            return Analysis(image=to_display(model_view(read_upload(path), self.model.resize_mode)))
+        except BadInputError as error:
+            return Analysis(message=str(error), ok=False)
+
+    def analyse(
+        self,
+        image: str | Path | None,
+        references: Sequence[str | Path] | None,
+        class_name: str | None,
+        question: str | None,
+    ) -> Analysis:
+        """Map, mask, score and the answer to ``question`` (empty: :meth:`question_for`); a new conversation."""
+        return self._guarded(lambda: self._analyse(image, references, class_name, question))
+
+    def follow_up(
+        self,
+        image: str | Path | None,
+        references: Sequence[str | Path] | None,
+        class_name: str | None,
+        question: str | None,
+        history: Sequence[Sequence[str]] | None,
+    ) -> Analysis:
+        """Answer ``question`` after the ``history`` turns about the same image (reusing its encoding)."""
+        return self._guarded(lambda: self._follow_up(image, references, class_name, question, history))
+
+    # ----------------------------------------------------------------------------------------
+    # Implementation
+    # ----------------------------------------------------------------------------------------
+    def _guarded(self, handler: Callable[[], Analysis]) -> Analysis:
+        """Run a handler under the model lock; bad input and unexpected failures become a message."""
+        try:
+            with self._lock:
+                return handler()
+        except BadInputError as error:
+            return Analysis(message=str(error), ok=False)
+        except Exception as error:
+            logger.exception("anomalib-agpt serve: request failed")
+            message = (
+                f"Internal error ({type(error).__name__}: {error}). The server keeps running; its log has the details."
+            )
+            return Analysis(message=message, ok=False)
+
+    def _analyse(
+        self,
+        image: str | Path | None,
+        references: Sequence[str | Path] | None,
+        class_name: str | None,
+        question: str | None,
+    ) -> Analysis:
+        encoded = self._encode(image, references, class_name)
+        encoded.chat.reset()
+        analysis = self._render(encoded)
+        if not self.explains:
+            analysis.message = _join(SCORES_ONLY_MESSAGE, analysis.message)
+            return analysis
+        question = _check_question(question) if question and question.strip() else self.question_for(class_name)
+        return self._ask(encoded, question, analysis)
+
+    def _follow_up(
+        self,
+        image: str | Path | None,
+        references: Sequence[str | Path] | None,
+        class_name: str | None,
+        question: str | None,
+        history: Sequence[Sequence[str]] | None,
+    ) -> Analysis:
+        if not self.explains:
+            raise BadInputError(SCORES_ONLY_MESSAGE)
+        if not question or not question.strip():
+            msg = "The question is empty: type a follow-up question first."
+            raise BadInputError(msg)
+        question = _check_question(question)
+        turns = _check_history(history)
+        encoded = self._encode(image, references, class_name)
+        encoded.chat.history[:] = turns
+        return self._ask(encoded, question, self._render(encoded))
+
+    def _ask(self, encoded: _Encoded, question: str, analysis: Analysis) -> Analysis:
+        """Add the answer to ``analysis``; a failed answer keeps the map and says why."""
+        try:
+            encoded.chat.ask(question)
+        except ValueError as error:
+            analysis.message, analysis.ok = f"No answer: {error} Clear the conversation and ask again.", False
+        analysis.history = list(encoded.chat.history)
+        return analysis
+
+    def _encode(
+        self,
+        image: str | Path | None,
+        references: Sequence[str | Path] | None,
+        class_name: str | None,
+    ) -> _Encoded:
+        """The cached chat of ``image``, its map up to date with the class name and references."""
+        path = check_image_file(image, self.max_image_pixels)
+        reference_paths = [check_image_file(r, self.max_image_pixels, "reference image") for r in references or []]
+        if len(reference_paths) > MAX_REFERENCES:
+            msg = f"{len(reference_paths)} reference images; this page takes up to {MAX_REFERENCES}."
+            raise BadInputError(msg)
+        self._use_class_name(self._class_name(class_name))
+        self._use_references(reference_paths)
+        context = (self.model.model.class_name, self._references)
+        key = file_digest(path)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            raw = read_upload(path)
+            chat = AnomalyGPTChat(self.model, raw, load_llm=self.explains)
+            encoded = _Encoded(chat, to_display(model_view(raw, self.model.resize_mode)), context)
+            self._encoded[key] = encoded
+            while len(self._encoded) > self.cache_size:
+                self._encoded.popitem(last=False)
+        elif encoded.context != context:
+            encoded.chat.rescore()
+            encoded.context = context
+        self._encoded.move_to_end(key)
+        return encoded
+
+    def _render(self, encoded: _Encoded) -> Analysis:
+        post = self.model.post_processor
+        scores = post(encoded.chat.scores) if post is not None else encoded.chat.scores
+        heatmap, drawn, mask = render(encoded.view, scores, stretch=not self.calibrated)
+        label = scores.pred_label if scores.pred_label is not None else scores.pred_score > 0.5
+        note = (
+            "Heatmap colours: normalised scores (0.5 is the fitted threshold)."
+            if self.calibrated
+            else "Heatmap colours are stretched to this image's own range (the model has no fitted thresholds)."
+        )
+        return Analysis(
+            image=encoded.view,
+            heatmap=heatmap,
+            mask=drawn,
+            pred_mask=mask,
+            score=float(scores.pred_score.reshape(-1)[0]),
+            is_anomalous=bool(label.reshape(-1)[0]),
+            message=note,
+        )
+
+    def _class_name(self, class_name: str | None) -> str:
+        """The page's class name, checked; empty means the model's own."""
+        name = (class_name or "").strip()
+        if not name:
+            return self.default_class_name
+        if len(name) > MAX_CLASS_NAME_CHARS or not _CLASS_NAME.fullmatch(name):
+            msg = (
+                f"Class name '{name[:MAX_CLASS_NAME_CHARS]}': use up to {MAX_CLASS_NAME_CHARS} letters, digits, "
+                "spaces, '_', '-' or '.' (e.g. 'metal nut')."
+            )
+            raise BadInputError(msg)
+        return category_to_class_name(name)
+
+    def _use_class_name(self, class_name: str) -> None:
+        """Text features for ``class_name`` (computed once per switch); also what ``prepare`` keeps."""
+        self.model.class_name = class_name
+        self.model.model.set_class_name(class_name)
+
+    def _use_references(self, paths: Sequence[Path]) -> None:
+        """Few-shot memory from ``paths`` (encoded only when they change); none: the model's own."""
+        key = tuple(file_digest(path) for path in paths)
+        if key == self._references:
+            return
+        if paths:
+            transform = self.model.pre_processor.transform if self.model.pre_processor is not None else None
+            try:
+                images = load_reference_images(paths, transform)
+            except ValueError as error:
+                raise BadInputError(str(error)) from error
+            self.model.model.set_references(images)
+        else:
+            self.model.model.reference_memory = self._default_memory
+        self._references = key
+
+
+def _check_question(question: str) -> str:
+    question = question.strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        msg = f"The question has {len(question)} characters; ask in at most {MAX_QUESTION_CHARS}."
+        raise BadInputError(msg)
+    return question
+
+
+def _check_history(history: Sequence[Sequence[str]] | None) -> History:
+    try:
+        return [(str(question), str(answer)) for question, answer in history or []]
+    except (TypeError, ValueError) as error:
+        msg = "The conversation on the page is malformed: clear it and ask again."
+        raise BadInputError(msg) from error
+
+
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
