@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 HEAD_PREFIX = "model.llm_head."
+EVALUATOR_PREFIX = "evaluator."
 Preset = Literal["random-small"]
 LabelSource = Literal["answer", "threshold"]
 
@@ -526,10 +527,16 @@ class AnomalyGPT(AnomalibModule):
         return {n: p for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop frozen weights (they come back from the weight files) and keep the class name."""
+        """Drop frozen weights (they come back from the weight files) and metric states; keep the class name.
+
+        An evaluator's metric buffers (e.g. AUPRO's ``fpr_limit``) are the run's measuring set-up, not
+        the model: a model restored with another evaluator must still load.
+        """
         super().on_save_checkpoint(checkpoint)
         frozen = self._frozen_parameter_names()
-        state = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        state = {
+            k: v for k, v in checkpoint["state_dict"].items() if k not in frozen and not k.startswith(EVALUATOR_PREFIX)
+        }
         state |= {HEAD_PREFIX + k: v for k, v in self.model.pending_head_state.items()}
         checkpoint["state_dict"] = state
         checkpoint["anomalygpt_class_name"] = self.model.class_name
@@ -547,9 +554,12 @@ class AnomalyGPT(AnomalibModule):
             head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
             self.model.pending_head_state = {k.removeprefix(HEAD_PREFIX): state[k] for k in head_keys}
             state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(EVALUATOR_PREFIX)}  # metric set-up, not model
+        own_state = self.state_dict()
+        own_metrics = {k: v for k, v in own_state.items() if k.startswith(EVALUATOR_PREFIX)}
         frozen = self._frozen_parameters()
-        own = set(self.state_dict())
-        missing = sorted(own - set(frozen) - set(state))
+        own = set(own_state)
+        missing = sorted(own - set(frozen) - set(own_metrics) - set(state))
         unexpected = sorted(set(state) - own)
         if missing or unexpected:
             msg = (
@@ -557,7 +567,7 @@ class AnomalyGPT(AnomalibModule):
                 f"changed?): missing {missing or 'nothing'}; unexpected {unexpected or 'nothing'}."
             )
             raise CheckpointError(msg)
-        checkpoint["state_dict"] = {**frozen, **state}
+        checkpoint["state_dict"] = {**frozen, **own_metrics, **state}
         self.model.class_name = checkpoint.get("anomalygpt_class_name", self.model.class_name)
 
     # ----------------------------------------------------------------------------------------

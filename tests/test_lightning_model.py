@@ -111,6 +111,23 @@ def test_load_from_checkpoint_reproduces_outputs(fitted: dict[str, Any], dataset
         torch.testing.assert_close(getattr(restored(image), field), getattr(original(image), field))
 
 
+def test_checkpoint_loads_whatever_evaluator_ran(weights: dict[str, Any]) -> None:
+    """Metric buffers (AUPRO's fpr_limit, as the leaderboard adds) stay out of checkpoints and never block a load."""
+    from anomalib.metrics import AUPRO
+
+    evaluator = AnomalyGPT.configure_evaluator()
+    evaluator.test_metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
+    measured = AnomalyGPT(**weights, evaluator=evaluator)
+    assert any(key.startswith("evaluator.") for key in measured.state_dict())
+    checkpoint = {"state_dict": measured.state_dict()}
+    measured.on_save_checkpoint(checkpoint)
+    assert not any(key.startswith("evaluator.") for key in checkpoint["state_dict"])
+
+    older = {"state_dict": measured.state_dict()}  # as written before metric states were dropped
+    AnomalyGPT(**weights).on_load_checkpoint(older)
+    assert not any(key.startswith("evaluator.") for key in older["state_dict"])
+
+
 def test_test_from_checkpoint_reports_metrics(
     fitted: dict[str, Any],
     weights: dict[str, Any],

@@ -5,7 +5,9 @@ skip, saying which is missing, only where they are absent. Selenium Manager neve
 path is given), and the page must load with nothing but loopback requests: the machine is offline.
 
 ``ANOMALIB_AGPT_UPDATE_SCREENSHOT=1`` also runs the demo preset (no model options: what a user sees
-first) and writes the README's screenshot, ``docs/images/web_demo.png``.
+first) and writes the README's screenshot, ``docs/images/web_demo.png``; with
+``ANOMALIB_AGPT_SCREENSHOT_CHECKPOINT=<model.ckpt>`` (e.g. the demo's trained weave model) it serves that
+checkpoint instead, with the demo's weave test images as examples, and writes ``web_demo_trained.png``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WINDOW = (1400, 1000)
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "web_demo.png"
 UPDATE_SCREENSHOT = os.environ.get("ANOMALIB_AGPT_UPDATE_SCREENSHOT") == "1"
+SCREENSHOT_CHECKPOINT = os.environ.get("ANOMALIB_AGPT_SCREENSHOT_CHECKPOINT")
 QUERY = FIXTURES / "images" / "query_0_rgb_blob.png"
 REFERENCE = FIXTURES / "images" / "reference_0_good.png"
 SCORE = re.compile(r"^\d+\.\d{3} \((normal|anomalous)\)$")
@@ -262,11 +265,24 @@ def test_upload_analyse_and_follow_up_in_a_browser(server: str, browser: Any, tm
 @pytest.mark.skipif(not UPDATE_SCREENSHOT, reason="set ANOMALIB_AGPT_UPDATE_SCREENSHOT=1 to rewrite the README image")
 def test_demo_preset_screenshot_for_the_readme(browser: Any, tmp_path: Path) -> None:
     """No model options: the demo preset, an example picked from the page, two questions -> the README's image."""
-    process, url = start_server([f"--demo-dir={tmp_path / 'demo'}"], tmp_path / "server.log", timeout=180)
+    options, target, banner = [f"--demo-dir={tmp_path / 'demo'}"], SCREENSHOT, "Demo preset"
+    if SCREENSHOT_CHECKPOINT:  # a trained model, with the demo data's test images of its category as examples
+        checkpoint = Path(SCREENSHOT_CHECKPOINT).resolve()
+        examples = next(parent for parent in checkpoint.parents if (parent / "data").is_dir()) / "data" / "weave"
+        options = [
+            "--checkpoint",
+            str(checkpoint),
+            "--examples",
+            str(examples / "test" / "scratch"),
+            "--class-name",
+            "weave",
+        ]
+        target, banner = SCREENSHOT.with_name("web_demo_trained.png"), "trained checkpoint"
+    process, url = start_server(options, tmp_path / "server.log", timeout=180)
     try:
         page = Page(browser, timeout=120)
         page.open(url)
-        assert "Demo preset" in page.find("#banner").text
+        assert banner in page.find("#banner").text
         page.all("#examples button")[0].click()  # the first example: a scratch
         page.wait.until(lambda _: page.image_loaded("view"))
         page.find("#analyse").click()
@@ -275,6 +291,6 @@ def test_demo_preset_screenshot_for_the_readme(browser: Any, tmp_path: Path) -> 
         page.find("#ask").click()
         page.wait.until(lambda _: len(page.answers()) >= 2)
         assert SCORE.match(page.score())
-        page.screenshot(SCREENSHOT)
+        page.screenshot(target)
     finally:
         stop_server(process)
