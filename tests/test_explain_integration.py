@@ -116,3 +116,27 @@ def test_export_after_explaining_leaves_the_llm_out(
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
     assert not any("llm_head" in key for key in checkpoint["state_dict"])  # frozen: never in checkpoints
+
+
+def test_one_encoder_pass_feeds_both_maps_and_the_llm(
+    weights: dict[str, Any],
+    explain_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fused zero-/few-shot map and the LLM's image token all come from a single encoder call per batch."""
+    model = AnomalyGPT(**weights, **{**explain_options, "k_shot": 0}, few_shot_mode="fuse")
+    torch_model = model.model
+    references = torch.rand(1, 3, 224, 224)
+    torch_model.set_references(references)
+    calls: list[int] = []
+    encode = torch_model.encode
+
+    def counting(images: torch.Tensor) -> Any:
+        calls.append(len(images))
+        return encode(images)
+
+    monkeypatch.setattr(torch_model, "encode", counting)
+    scores, answers = torch_model.predict_and_explain(torch.rand(2, 3, 224, 224))
+    assert calls == [2]  # the query batch once; the reference memory is never re-encoded
+    assert len(answers) == 2
+    assert scores.anomaly_map.shape == (2, 1, 224, 224)
