@@ -352,7 +352,8 @@ def _build_anomalib(name: str, config: LeaderboardConfig, extra: dict) -> BuiltM
     if key in DOWNLOAD_NEEDS:
         reason, available = DOWNLOAD_NEEDS[key]
         if not available():
-            return BuiltModel(skip_reason=f"{reason}; offline and not found locally")
+            where = "HF_HUB_OFFLINE is set" if available is _online else "offline and not found locally"
+            return BuiltModel(skip_reason=f"{reason}; {where}")
     options: dict[str, Any] = {}
     notes = ""
     parameters = inspect.signature(cls.__init__).parameters

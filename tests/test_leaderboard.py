@@ -156,3 +156,13 @@ def test_anomalygpt_notes_say_what_trains_and_explains(tmp_path: Path) -> None:
     trained = "trained: decoder, prompt_learner, llama_proj, lora"
     assert built.notes == f"random weights (random-small preset); {trained}; explains with tiny_llm"
     assert built.trainer_options["max_epochs"] == config.epochs
+
+
+def test_download_only_models_skip_offline_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WinClip and Dinomaly need downloads: with HF_HUB_OFFLINE set they are skipped, and the reason says so."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, needs in (("WinClip", "OpenCLIP"), ("Dinomaly", "DINOv2")):
+        built = leaderboard.build_model(name, leaderboard.LeaderboardConfig(), "weave", 0)
+        assert built.model is None
+        assert needs in built.skip_reason
+        assert built.skip_reason.endswith("HF_HUB_OFFLINE is set")
