@@ -42,7 +42,7 @@ CSS = """
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works)."""
-    from ..demo import CHECKPOINT_ENV, IMAGEBIND_ENV
+    from ..leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV
 
     parser = argparse.ArgumentParser(
         prog="anomalib-agpt serve",
