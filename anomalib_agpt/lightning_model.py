@@ -43,7 +43,7 @@ from .llm_head import (
 )
 from .loss import pixel_loss
 from .metrics import AnswerAccuracy, ExplanationGrounding
-from .pre_processing import ResizeMode, build_pre_processor
+from .pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
 from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from .prompting import category_to_class_name
 from .references import list_reference_images, load_reference_images
@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 224
 HEAD_PREFIX = "model.llm_head."
 EVALUATOR_PREFIX = "evaluator."
+ONNX_OPSET = 18  # torch.onnx (dynamo) writes 18; anomalib asks for 14, which needs a lossy down-conversion
+PRE_PROCESSOR_CONFIG = "anomalib_pre_processor_config"  # where anomalib keeps the transform spec
 Preset = Literal["random-small"]
 LabelSource = Literal["answer", "threshold"]
 
@@ -548,6 +550,9 @@ class AnomalyGPT(AnomalibModule):
         follows copies nothing (a memory-mapped 4.5 GB encoder stays mapped) and still checks
         every key.
         """
+        pre_processing = checkpoint.get(PRE_PROCESSOR_CONFIG)
+        if pre_processing:
+            pre_processing["transform"] = upgrade_transform_spec(pre_processing.get("transform"))
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         if self.model.llm_head is None:  # trained head weights wait until the head loads (lazily)
@@ -580,19 +585,14 @@ class AnomalyGPT(AnomalibModule):
         input_size: tuple[int, int] | None = None,
         **kwargs,
     ) -> Path:
-        """Export to ONNX (OpenVINO goes through here too).
+        """Export to ONNX (OpenVINO goes through here too), pre-processing included.
 
-        With ``resize_mode='crop'`` the short-side resize depends on the aspect ratio, which a graph
-        with dynamic height/width cannot follow (it would squash non-square images). A fixed
-        ``input_size`` is therefore required; ``resize_mode='squash'`` exports with dynamic shapes.
+        The graph resizes as evaluation does (:class:`~anomalib_agpt.pre_processing.ClipResize`),
+        computing the short-side resize and crop from the input's shape: without ``input_size`` one
+        file takes any height and width in both resize modes. Exported at the opset the exporter
+        writes natively, so no version conversion runs.
         """
-        if input_size is None and self.resize_mode == "crop":
-            msg = (
-                "ONNX/OpenVINO export of AnomalyGPT with resize_mode='crop' needs input_size=(H, W), the size "
-                "of the images you will feed (e.g. --input_size '[256, 256]'): the short-side resize + centre "
-                "crop cannot follow dynamic shapes. Or build the model with resize_mode='squash'."
-            )
-            raise ValueError(msg)
+        kwargs.setdefault("opset_version", ONNX_OPSET)
         with self.model.scores_only():
             return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 

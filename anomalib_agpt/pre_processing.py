@@ -1,64 +1,164 @@
-"""CLIP pre-processing as the original computes it, on anomalib's tensor pipeline.
+"""CLIP pre-processing as the original computes it, one implementation for evaluation and export.
 
-The original resizes PIL images; PIL resamples 8-bit data and rounds/clamps to 8 bits. A float
-tensor resize differs by up to ~0.3 (normalised units) at sharp edges, the 8-bit tensor resize
-of torchvision follows PIL to within one grey level. :class:`PilCompatibleResize` therefore takes
-float images in [0, 1] through uint8 around the resize. Its exportable copy (antialias off, which
-anomalib sets for ONNX/OpenVINO) is a plain float resize, so tracing is unaffected.
+The original resizes 8-bit PIL images: bicubic (a = -0.5) with antialiasing, a horizontal then a
+vertical pass, each rounded and clamped to 8 bits. :class:`ClipResize` writes exactly that as two
+resampling-matrix products built from the input's shape, in plain tensor ops. The same code runs
+in ``Engine.fit/test/predict``, in ``forward`` and in the traced ONNX/OpenVINO graph (dynamic
+height and width, short-side resize and centre crop included), so an exported model computes the
+numbers anomalib evaluated. It follows PIL to the grey level on all but ~1e-4 of the pixels;
+torch's own uint8 bicubic kernel is off by one grey level on about half of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from anomalib.pre_processing import PreProcessor
 from anomalib.pre_processing.utils._transform_registry import TRANSFORM_REGISTRY
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CUBIC_A = -0.5  # PIL's (and torch's antialiased) bicubic coefficient
+PIL_WEIGHT_ONE = 2.0**22  # PIL keeps resampling weights in 22-bit fixed point
+TO_UINT8 = 255.999  # torchvision's float -> uint8 scale: exact for images read from 8-bit files
 
 ResizeMode = Literal["crop", "squash"]
 
 
-class PilCompatibleResize(Resize):
-    """Bicubic resize that matches PIL on 8-bit images by resizing them as uint8."""
+def _cubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5; zero outside (-2, 2)."""
+    x = x.abs()  # the operations in PIL's order, so that float64 rounds as it does
+    near = ((CUBIC_A + 2) * x - (CUBIC_A + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * CUBIC_A
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _resampling_matrix(in_size: int, resized: torch.Tensor, offset: torch.Tensor, side: int) -> torch.Tensor:
+    """Rows ``offset .. offset + side`` of the (resized x in_size) antialiased bicubic matrix, as PIL builds it.
+
+    ``resized`` is the length of the whole resized axis (before cropping); both it and ``offset``
+    are 0-d tensors of the working dtype, so that a traced graph computes them from the input's
+    shape. Weights are normalised, then rounded to PIL's 22 fractional bits.
+    """
+    taps = torch.arange(in_size, dtype=resized.dtype, device=resized.device) + 0.5
+    scale = in_size / resized
+    support = torch.clamp(scale, min=1.0)  # the kernel widens when downscaling (antialiasing)
+    centres = (torch.arange(side, dtype=resized.dtype, device=resized.device) + offset + 0.5) * scale
+    weights = _cubic((taps[None, :] - centres[:, None]) * (1 / support))
+    weights = weights / weights.sum(dim=1, keepdim=True) * PIL_WEIGHT_ONE
+    return torch.trunc(weights + torch.where(weights < 0, -0.5, 0.5)) / PIL_WEIGHT_ONE
+
+
+def _round_to_8_bits(values: torch.Tensor) -> torch.Tensor:
+    """PIL's rounding of each pass: half up, clamped to [0, 255]."""
+    return torch.floor(values + 0.5).clamp(0, 255)
+
+
+def _centre_offset(resized: torch.Tensor, side: int) -> torch.Tensor:
+    """Torchvision's centre-crop start, ``round((resized - side) / 2)`` with Python's half-to-even."""
+    excess = resized - side
+    half = torch.floor(excess / 2)
+    return half + torch.remainder(excess, 2) * torch.remainder(half, 2)
+
+
+def resize_like_pil(images: torch.Tensor, side: int, crop: bool) -> torch.Tensor:
+    """Float images in [0, 1], (..., H, W) -> (..., side, side), as PIL resizes their 8-bit version.
+
+    ``crop``: the short side goes to ``side`` (the long one to ``floor(side * long / short)``) and
+    the centre ``side x side`` is kept; else both sides go to ``side``. Values outside [0, 1] are
+    clamped, as an 8-bit image holds none.
+    """
+    height, width = images.shape[-2], images.shape[-1]
+    work = _working_dtype(images)
+    levels = torch.floor(images.to(work).clamp(0, 1) * TO_UINT8)
+    one = images.new_ones((), dtype=work)  # derived from the input: a traced graph keeps no constant here
+    height_t, width_t = one * height, one * width
+    if crop:
+        short = torch.minimum(height_t, width_t)
+        resized_h, resized_w = torch.floor(side * height_t / short), torch.floor(side * width_t / short)
+    else:
+        resized_h = resized_w = one * side
+    rows = _resampling_matrix(height, resized_h, _centre_offset(resized_h, side), side)
+    columns = _resampling_matrix(width, resized_w, _centre_offset(resized_w, side), side)
+    levels = _round_to_8_bits(levels @ columns.T)  # horizontal pass first, as PIL
+    levels = _round_to_8_bits(rows @ levels)
+    return (levels / 255).to(images.dtype)
+
+
+def _working_dtype(images: torch.Tensor) -> torch.dtype:
+    """float64, in which the sums round exactly as PIL's integers; float32 in exported graphs and on MPS.
+
+    OpenVINO computes float64 graphs in float32; there a sum that lands within ~1e-4 of a half grey
+    level may round the other way (about 1 pixel in 10,000 moves by one grey level).
+    """
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return torch.float32 if exporting or images.device.type == "mps" else torch.float64
+
+
+class ClipResize(Resize):
+    """Resize (and centre crop) to ``size x size`` exactly as the original's PIL pre-processing.
+
+    A ``Resize`` so that anomalib's datamodules resize images in the dataset (before collation).
+    Masks take nearest-neighbour resizing and the same crop. ``antialias`` is ignored: anomalib
+    switches it off for export, but this resize is exportable as it is.
+    """
+
+    def __init__(self, size: int | Sequence[int], crop: bool = True) -> None:
+        side = size if isinstance(size, int) else int(size[0])
+        super().__init__(side if crop else (side, side), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        self.side = side
+        self.crop = crop
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: ANN401
-        """Resize; float images in [0, 1] (not masks) go through uint8 when antialiasing is on."""
-        if not self._through_uint8(inpt):
-            return super().transform(inpt, params)
-        resized = super().transform(TF.to_dtype(inpt, torch.uint8, scale=True), params)
-        return TF.to_dtype(resized, inpt.dtype, scale=True)
+        """Images: the PIL-exact path; masks: nearest neighbour; then the centre crop."""
+        if isinstance(inpt, torch.Tensor) and not isinstance(inpt, tv_tensors.Mask):
+            # tv_tensors unwrap to plain tensors (a plain one is used as it is: export traces through it)
+            images = inpt.as_subclass(torch.Tensor) if isinstance(inpt, tv_tensors.TVTensor) else inpt
+            if images.is_floating_point():
+                return _like(resize_like_pil(images, self.side, self.crop), inpt)
+            if images.dtype == torch.uint8:
+                resized = resize_like_pil(TF.to_dtype(images, torch.float32, scale=True), self.side, self.crop)
+                return _like(TF.to_dtype(resized, torch.uint8, scale=True), inpt)
+        resized = super().transform(inpt, params)  # masks (nearest), PIL images, boxes
+        return TF.center_crop(resized, [self.side, self.side]) if self.crop else resized
 
-    def _through_uint8(self, inpt: Any) -> bool:  # noqa: ANN401
-        return (
-            bool(self.antialias)
-            and isinstance(inpt, torch.Tensor)
-            and not isinstance(inpt, tv_tensors.Mask)
-            and inpt.is_floating_point()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and bool(inpt.min() >= 0)
-            and bool(inpt.max() <= 1)
-        )
+
+def _like(output: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
+    """``output`` as the tv_tensor type of ``inpt``; plain tensors stay plain (no subclass round trip to trace)."""
+    return tv_tensors.wrap(output, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else output
 
 
 # anomalib persists pre-processor transforms in checkpoints only for allow-listed classes, and
 # restores an unlisted one as *no transform at all*; list ours so checkpoints keep it.
-TRANSFORM_REGISTRY.register(PilCompatibleResize)
+TRANSFORM_REGISTRY.register(ClipResize)
+
+# Checkpoints written before 0.2 hold ``PilCompatibleResize`` (+ ``CenterCrop`` in crop mode).
+LEGACY_RESIZE_PATH = "anomalib_agpt.pre_processing.PilCompatibleResize"
+
+
+def upgrade_transform_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rewrite a pre-0.2 checkpoint's transform spec (PIL-compatible resize, centre crop) as ``ClipResize``."""
+    if not spec or not spec.get("class_path", "").endswith("Compose"):
+        return spec
+    steps = spec["init_args"].get("transforms", [])
+    if not steps or steps[0].get("class_path") != LEGACY_RESIZE_PATH:
+        return spec
+    size = steps[0]["init_args"]["size"]
+    crop = len(steps) > 1 and steps[1].get("class_path", "").endswith("CenterCrop")
+    resize = {"class_path": TRANSFORM_REGISTRY.path_for(ClipResize), "init_args": {"size": size[0], "crop": crop}}
+    rest = steps[2:] if crop else steps[1:]
+    return {**spec, "init_args": {**spec["init_args"], "transforms": [resize, *rest]}}
 
 
 def build_pre_processor(side: int, resize_mode: ResizeMode) -> PreProcessor:
     """``crop``: short side to ``side`` + centre crop (original evaluation); ``squash``: ``side x side``."""
-    if resize_mode == "crop":
-        resize = [PilCompatibleResize(side, interpolation=InterpolationMode.BICUBIC, antialias=True), CenterCrop(side)]
-    elif resize_mode == "squash":
-        resize = [PilCompatibleResize((side, side), interpolation=InterpolationMode.BICUBIC, antialias=True)]
-    else:
+    if resize_mode not in ("crop", "squash"):
         msg = f"resize_mode='{resize_mode}': expected 'crop' or 'squash'."
         raise ValueError(msg)
-    return PreProcessor(transform=Compose([*resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]))
+    resize = ClipResize(side, crop=resize_mode == "crop")
+    return PreProcessor(transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]))

@@ -213,10 +213,13 @@ class AnomalyGPTModel(DynamicBufferMixin):
         groups = (embeddings[: len(normal)], embeddings[len(normal) :])
         return torch.stack([F.normalize(group.mean(dim=0), dim=-1) for group in groups])
 
+    @torch.inference_mode(False)  # buffers set here must stay trainable and loadable (see below)
     def set_class_name(self, class_name: str | None) -> None:
         """Compute and keep the text features for ``class_name``, once.
 
-        ``None`` keeps the current class (``object`` when there is none yet).
+        ``None`` keeps the current class (``object`` when there is none yet). Lightning calls this
+        from hooks that run under ``torch.inference_mode``; a buffer made there would be an inference
+        tensor that no later ``load_state_dict`` or training step may update in place.
         """
         class_name = class_name or self.class_name or DEFAULT_CLASS_NAME
         if class_name == self.class_name:
@@ -225,6 +228,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.text_features = self.class_text_features(class_name).to(self.text_features)
         self.class_name = class_name
 
+    @torch.inference_mode(False)  # a normal tensor even when called from an inference-mode hook
     @torch.no_grad()
     def set_references(self, images: torch.Tensor) -> None:
         """Set the few-shot memory from pre-processed ``(k, 3, S, S)`` normal images (encoded once)."""
@@ -268,6 +272,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
     # ----------------------------------------------------------------------------------------
     # Explanations (the LLM head loads on first use)
     # ----------------------------------------------------------------------------------------
+    @torch.inference_mode(False)  # the head's weights must not be inference tensors (they may train)
     def ensure_llm_head(self) -> LLMHead:
         """The explanation head, loaded from ``llm_spec`` the first time it is needed."""
         if self.llm_head is None:

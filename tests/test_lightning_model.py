@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from anomalib import LearningType
@@ -169,58 +168,3 @@ def test_predict_with_datamodule_and_folder(
     )
     assert sum(len(batch.image) for batch in batches) == NUM_DEFECT
     assert all(0.0 <= float(score) <= 1.0 for batch in batches for score in batch.pred_score)
-
-
-def test_export_torch_onnx_openvino(fitted: dict[str, Any], weights: dict[str, Any], dataset_root: Path) -> None:
-    """Each exported model gives the Lightning model's own outputs on a real image."""
-    import openvino
-
-    run = engine(fitted["results"])
-    model = AnomalyGPT(**weights, k_shot=fitted["k_shot"])
-    torch_path = run.export(model=model, export_type="torch", ckpt_path=fitted["checkpoint"])
-    onnx_path = run.export(model=model, export_type="onnx", ckpt_path=fitted["checkpoint"], input_size=(64, 64))
-    openvino_path = run.export(
-        model=model,
-        export_type="openvino",
-        ckpt_path=fitted["checkpoint"],
-        input_size=(64, 64),
-    )
-    reference = AnomalyGPT.load_from_checkpoint(fitted["checkpoint"]).eval()
-    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
-    expected = reference(image)
-
-    exported = torch.load(torch_path, weights_only=False)["model"].eval()
-    torch.testing.assert_close(exported(image).anomaly_map, expected.anomaly_map)
-    core = openvino.Core()
-    for path in (onnx_path, openvino_path):
-        compiled = core.compile_model(str(path), "CPU")
-        outputs = compiled(image.numpy())
-        by_name = {output.get_any_name(): outputs[output] for output in compiled.outputs}
-        assert np.abs(by_name["anomaly_map"] - expected.anomaly_map.numpy()).max() < 2e-2
-        assert np.abs(by_name["pred_score"] - expected.pred_score.numpy()).max() < 2e-2
-
-
-def test_crop_mode_export_needs_input_size(weights: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"input_size=\(H, W\)"):
-        AnomalyGPT(**weights).to_onnx(tmp_path)
-
-
-def test_squash_mode_exports_dynamic_shapes(weights: dict[str, Any], dataset_root: Path, tmp_path: Path) -> None:
-    import openvino
-
-    model = AnomalyGPT(**weights, resize_mode="squash").eval()
-    path = model.to_onnx(tmp_path)
-    compiled = openvino.Core().compile_model(str(path), "CPU")
-    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
-    image = torch.nn.functional.interpolate(image, size=(48, 80), mode="bilinear")  # not the probe's size
-    outputs = compiled(image.numpy())
-    anomaly_map = next(outputs[o] for o in compiled.outputs if o.get_any_name() == "anomaly_map")
-    difference = np.abs(anomaly_map - model(image).anomaly_map.numpy())  # bicubic kernels differ slightly
-    assert difference.max() < 5e-2
-    assert difference.mean() < 5e-3
-
-
-def test_squash_pre_processing_keeps_no_border(weights: dict[str, Any]) -> None:
-    crop = AnomalyGPT(**weights).pre_processor.transform(torch.rand(1, 3, 100, 200))
-    squash = AnomalyGPT(**weights, resize_mode="squash").pre_processor.transform(torch.rand(1, 3, 100, 200))
-    assert crop.shape == squash.shape == (1, 3, 224, 224)
