@@ -17,6 +17,12 @@ Memory: ``peak_rss_mb`` is the rise of the process's peak RSS during the cell (`
 where the reset is refused, the rise of ``VmHWM`` itself, a lower bound); ``peak_gpu_mb`` is
 ``torch.cuda.max_memory_allocated`` on GPU. No tracemalloc (it misses native allocations and is slow).
 
+Explanations: with ``--llm`` every AnomalyGPT cell (zero-, few- and full-shot) also answers "Is there any
+anomaly?" for each test image and reports ``AnswerAccuracy`` and ``ExplanationGrounding``. The released
+model needs three files for that: the LLM folder (Vicuna-7B v0), the PandaGPT delta
+(``--pandagpt-checkpoint`` or ``$ANOMALIB_AGPT_PANDAGPT``) and the AnomalyGPT delta; a cell missing one
+fails saying which. Per-model ``model_options`` in the YAML override any of them.
+
 Multi-GPU: each cell runs on ``--devices`` Lightning devices (default 1); there is no scheduler.
 """
 
@@ -40,6 +46,7 @@ from typing import Any
 
 IMAGEBIND_ENV = "ANOMALIB_AGPT_IMAGEBIND"
 CHECKPOINT_ENV = "ANOMALIB_AGPT_CHECKPOINT"
+PANDAGPT_ENV = "ANOMALIB_AGPT_PANDAGPT"
 
 DEFAULT_MODELS = (
     "AnomalyGPT-0shot",
@@ -150,6 +157,7 @@ class LeaderboardConfig:
     vision_heads: int = 16
     text_heads: int = 16
     llm: str | None = None
+    pandagpt_checkpoint: str | None = None
     epochs: int = 2
     devices: int = 1
     train_batch_size: int = 4
@@ -190,7 +198,14 @@ def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
     parser.add_argument("--anomalygpt-checkpoint", help=f"default ${CHECKPOINT_ENV}")
     parser.add_argument("--vision-heads", type=int)
     parser.add_argument("--text-heads", type=int)
-    parser.add_argument("--llm", help="LLM folder: AnomalyGPT cells also explain (answer accuracy, grounding)")
+    parser.add_argument(
+        "--llm",
+        help="LLM folder: AnomalyGPT cells also explain (answer accuracy, grounding); needs --pandagpt-checkpoint",
+    )
+    parser.add_argument(
+        "--pandagpt-checkpoint",
+        help=f"PandaGPT delta (llama_proj + LoRA) the LLM explains with (default ${PANDAGPT_ENV})",
+    )
     parser.add_argument("--epochs", type=int, help="epochs of trained (one-class) models (default 2)")
     parser.add_argument("--devices", type=int, help="Lightning devices per cell (default 1)")
     parser.add_argument("--visualize", action="store_true", default=None, help="save anomalib's result images")
@@ -208,6 +223,7 @@ def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
         parser.error(f"unknown option(s) in the config: {', '.join(unknown)}")
     values.setdefault("imagebind_checkpoint", os.environ.get(IMAGEBIND_ENV) or None)
     values.setdefault("anomalygpt_checkpoint", os.environ.get(CHECKPOINT_ENV) or None)
+    values.setdefault("pandagpt_checkpoint", os.environ.get(PANDAGPT_ENV) or None)
     config = LeaderboardConfig(**values)
     config.output = Path(config.output)
     config.root = Path(config.root) if config.root is not None else None
@@ -291,7 +307,8 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
         }
         notes = ""
     if explain:
-        options.update({"llm": config.llm, "explain": True})
+        # The PandaGPT delta travels with the LLM: explain=True refuses an LLM without it (llama_proj, LoRA).
+        options.update({"llm": config.llm, "pandagpt_checkpoint": config.pandagpt_checkpoint, "explain": True})
     trainer: dict[str, Any] = {}
     if shots == "full":
         options["trainable"] = ["decoder"]

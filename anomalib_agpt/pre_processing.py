@@ -38,12 +38,13 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def _resampling_matrix(in_size: int, resized: torch.Tensor, offset: torch.Tensor, side: int) -> torch.Tensor:
-    """Rows ``offset .. offset + side`` of the (resized x in_size) antialiased bicubic matrix, as PIL builds it.
+def _resampling_weights(in_size: int, resized: torch.Tensor, offset: torch.Tensor, side: int) -> torch.Tensor:
+    """PIL's fixed-point weights of rows ``offset .. offset + side`` of the (resized x in_size) bicubic matrix.
 
     ``resized`` is the length of the whole resized axis (before cropping); both it and ``offset``
-    are 0-d tensors of the working dtype, so that a traced graph computes them from the input's
-    shape. Weights are normalised, then rounded to PIL's 22 fractional bits.
+    are 0-d tensors, so that a traced graph computes them from the input's shape. Weights are
+    normalised, then rounded to PIL's 22 fractional bits: integers, returned as their three bytes
+    ``(3, side, in_size)`` (high, middle, low; only the high one signed) in float32.
     """
     taps = torch.arange(in_size, dtype=resized.dtype, device=resized.device) + 0.5
     scale = in_size / resized
@@ -51,12 +52,23 @@ def _resampling_matrix(in_size: int, resized: torch.Tensor, offset: torch.Tensor
     centres = (torch.arange(side, dtype=resized.dtype, device=resized.device) + offset + 0.5) * scale
     weights = _cubic((taps[None, :] - centres[:, None]) * (1 / support))
     weights = weights / weights.sum(dim=1, keepdim=True) * PIL_WEIGHT_ONE
-    return torch.trunc(weights + torch.where(weights < 0, -0.5, 0.5)) / PIL_WEIGHT_ONE
+    fixed = torch.trunc(weights + torch.where(weights < 0, -0.5, 0.5))
+    high = torch.floor(fixed / 65536)
+    rest = fixed - high * 65536
+    middle = torch.floor(rest / 256)
+    return torch.stack([high, middle, rest - middle * 256]).float()
 
 
-def _round_to_8_bits(values: torch.Tensor) -> torch.Tensor:
-    """PIL's rounding of each pass: half up, clamped to [0, 255]."""
-    return torch.floor(values + 0.5).clamp(0, 255)
+def _resample(byte_sums: torch.Tensor) -> torch.Tensor:
+    """PIL's ``clip8((sum + 2**21) >> 22)`` from the three byte-plane sums ``(..., 3, h, w)``.
+
+    Each plane's sum is an integer below 2**24, so float32 holds it exactly whatever the order of
+    summation (for downscaling up to ~64x); carrying the low planes up keeps the result exact too.
+    """
+    high, middle, low = byte_sums.unbind(dim=-3)
+    middle = middle + torch.floor(low / 256)
+    high = high + torch.floor(middle / 256)
+    return torch.floor((high + 32) / 64).clamp(0, 255)
 
 
 def _centre_offset(resized: torch.Tensor, side: int) -> torch.Tensor:
@@ -71,30 +83,30 @@ def resize_like_pil(images: torch.Tensor, side: int, crop: bool) -> torch.Tensor
 
     ``crop``: the short side goes to ``side`` (the long one to ``floor(side * long / short)``) and
     the centre ``side x side`` is kept; else both sides go to ``side``. Values outside [0, 1] are
-    clamped, as an 8-bit image holds none.
+    clamped, as an 8-bit image holds none. Pixel sums are exact integer arithmetic in float32, so
+    eager, ONNX and OpenVINO (at f32) give the same levels.
     """
     height, width = images.shape[-2], images.shape[-1]
-    work = _working_dtype(images)
-    levels = torch.floor(images.to(work).clamp(0, 1) * TO_UINT8)
-    one = images.new_ones((), dtype=work)  # derived from the input: a traced graph keeps no constant here
+    levels = torch.floor(images.float().clamp(0, 1) * TO_UINT8)
+    one = images.new_ones((), dtype=_weights_dtype(images))  # from the input: a traced graph keeps no constant
     height_t, width_t = one * height, one * width
     if crop:
         short = torch.minimum(height_t, width_t)
         resized_h, resized_w = torch.floor(side * height_t / short), torch.floor(side * width_t / short)
     else:
         resized_h = resized_w = one * side
-    rows = _resampling_matrix(height, resized_h, _centre_offset(resized_h, side), side)
-    columns = _resampling_matrix(width, resized_w, _centre_offset(resized_w, side), side)
-    levels = _round_to_8_bits(levels @ columns.T)  # horizontal pass first, as PIL
-    levels = _round_to_8_bits(rows @ levels)
+    rows = _resampling_weights(height, resized_h, _centre_offset(resized_h, side), side)
+    columns = _resampling_weights(width, resized_w, _centre_offset(resized_w, side), side)
+    levels = _resample(levels.unsqueeze(-3) @ columns.transpose(-1, -2))  # horizontal pass first, as PIL
+    levels = _resample(rows @ levels.unsqueeze(-3))
     return (levels / 255).to(images.dtype)
 
 
-def _working_dtype(images: torch.Tensor) -> torch.dtype:
-    """float64, in which the sums round exactly as PIL's integers; float32 in exported graphs and on MPS.
+def _weights_dtype(images: torch.Tensor) -> torch.dtype:
+    """float64 for the weights, as PIL computes them; float32 in exported graphs (OpenVINO has no float64).
 
-    OpenVINO computes float64 graphs in float32; there a sum that lands within ~1e-4 of a half grey
-    level may round the other way (about 1 pixel in 10,000 moves by one grey level).
+    In float32 a weight that lies within ~1e-7 of a rounding boundary of PIL's fixed point may round
+    the other way; the pixel sums are exact in both.
     """
     exporting = torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     return torch.float32 if exporting or images.device.type == "mps" else torch.float64

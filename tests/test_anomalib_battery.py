@@ -1,0 +1,90 @@
+"""anomalib's own model battery, through ``get_model("AnomalyGPT")`` with anomalib's defaults.
+
+For zero- and few-shot: fit; test, train, validate and predict from the checkpoint; export torch,
+ONNX and OpenVINO without ``input_size``. Each step is checked against a value computed apart
+from it, so that a step that runs but computes nonsense fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.engine import Engine
+from anomalib.models import get_model
+from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_agpt.data import make_synthetic_mvtec
+
+CATEGORY = "washer"
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO runs bf16 on AMX/AVX512-BF16 CPUs unless told
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_mvtec(
+        tmp_path_factory.mktemp("battery_data"),
+        categories=(CATEGORY,),
+        num_train=3,
+        num_test_good=3,
+        num_test_defect=2,
+        image_size=224,  # the encoder's size: exported and evaluated resizes agree exactly (tests/test_export.py
+        # bounds them on real sizes; on tiny upscaled images a grey-level tie may round apart)
+    )
+
+
+@pytest.mark.parametrize("k_shot", [0, 2], ids=["zero_shot", "few_shot"])
+def test_anomalib_model_battery(
+    k_shot: int,
+    weights: dict[str, Any],
+    dataset_root: Path,
+    tmp_path: Path,
+) -> None:
+    def model() -> Any:  # noqa: ANN401
+        return get_model("AnomalyGPT", **weights, k_shot=k_shot)
+
+    def datamodule() -> MVTecAD:
+        return MVTecAD(root=dataset_root, category=CATEGORY, train_batch_size=2, eval_batch_size=8, num_workers=0)
+
+    engine = Engine(default_root_dir=tmp_path, logger=False, devices=1, max_epochs=1, enable_progress_bar=False)
+    engine.fit(model=model(), datamodule=datamodule())
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    assert Path(checkpoint).is_file()
+
+    tested = engine.test(model=model(), datamodule=datamodule(), ckpt_path=checkpoint)[0]
+    trained = engine.train(model=model(), datamodule=datamodule(), ckpt_path=checkpoint)[0]
+    validated = engine.validate(model=model(), datamodule=datamodule(), ckpt_path=checkpoint)
+    batches = engine.predict(model=model(), datamodule=datamodule(), ckpt_path=checkpoint)
+
+    scores = torch.cat([b.pred_score for b in batches])
+    labels = torch.cat([b.gt_label for b in batches]).int()
+    assert len(scores) == 3 + 2 * 2  # good + two defect types
+    independent_auroc = binary_auroc(scores, labels).item()
+    assert tested["image_AUROC"] == pytest.approx(independent_auroc, abs=1e-6)
+    assert trained["image_AUROC"] == pytest.approx(independent_auroc, abs=1e-6)  # train = fit + the same test
+    assert validated is not None
+
+    image = read_image(dataset_root / CATEGORY / "test" / "scratch" / "000.png", as_tensor=True).unsqueeze(0)
+    batch_of_image = next(b for b in batches for i, p in enumerate(b.image_path) if p.endswith("scratch/000.png"))
+    index = [p.endswith("scratch/000.png") for p in batch_of_image.image_path].index(True)
+    expected_score = float(batch_of_image.pred_score[index])
+
+    import openvino
+
+    core = openvino.Core()
+    for kind in ("torch", "onnx", "openvino"):
+        path = engine.export(model=model(), export_type=kind, ckpt_path=checkpoint)
+        assert path is not None, kind
+        if kind == "torch":
+            exported = torch.load(path, weights_only=False)["model"].eval()
+            score = float(exported(image).pred_score)
+        else:
+            compiled = core.compile_model(str(path), "CPU", F32)
+            outputs = compiled(image.numpy())
+            score = float(next(outputs[o] for o in compiled.outputs if o.get_any_name() == "pred_score").reshape(-1)[0])
+        assert np.isclose(score, expected_score, atol=1e-2), kind
