@@ -45,7 +45,7 @@ def test_anomalib_model_battery(
     dataset_root: Path,
     tmp_path: Path,
 ) -> None:
-    def model() -> Any:  # noqa: ANN401
+    def model() -> Any:
         return get_model("AnomalyGPT", **weights, k_shot=k_shot)
 
     def datamodule() -> MVTecAD:
