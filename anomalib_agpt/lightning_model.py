@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +68,9 @@ DEFAULT_IMAGE_SIZE = 224
 HEAD_PREFIX = "model.llm_head."
 EVALUATOR_PREFIX = "evaluator."
 ONNX_OPSET = 18  # torch.onnx (dynamo) writes 18; anomalib asks for 14, which needs a lossy down-conversion
-PRE_PROCESSOR_CONFIG = "anomalib_pre_processor_config"  # where anomalib keeps the transform spec
+PRE_PROCESSOR_CONFIG = "anomalib_pre_processor_config"
+# the ONNX optimiser logs one INFO line per pass and initialiser (hundreds per export)
+ONNX_PASS_LOGGERS = ("onnx_ir", "onnxscript")  # where anomalib keeps the transform spec
 Preset = Literal["random-small"]
 LabelSource = Literal["answer", "threshold"]
 
@@ -155,6 +159,20 @@ def explanation_spec(
         anomalygpt_checkpoint=str(anomalygpt_checkpoint) if anomalygpt_checkpoint else None,
         **options,
     )
+
+
+@contextmanager
+def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise the given loggers to WARNING for the block (anomalib sets INFO on the root logger)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
 
 
 class AnomalyGPT(AnomalibModule):
@@ -593,7 +611,7 @@ class AnomalyGPT(AnomalibModule):
         writes natively, so no version conversion runs.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET)
-        with self.model.scores_only():
+        with self.model.scores_only(), _quiet_loggers(ONNX_PASS_LOGGERS):
             return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def to_torch(self, *args, **kwargs) -> Path:
