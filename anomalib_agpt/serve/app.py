@@ -42,7 +42,7 @@ CSS = """
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works)."""
-    from ..leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV
+    from ..leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
 
     parser = argparse.ArgumentParser(
         prog="anomalib-agpt serve",
@@ -64,7 +64,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     model.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (16 for Huge)")
     model.add_argument("--text-heads", type=int, help="attention heads of the text tower (16 for Huge)")
     model.add_argument("--llm", help="LLM folder (Vicuna-7B v0) for answers; without it: scores only")
-    model.add_argument("--pandagpt-checkpoint", help="PandaGPT delta (llama_proj and LoRA)")
+    model.add_argument(
+        "--pandagpt-checkpoint",
+        default=os.environ.get(PANDAGPT_ENV) or None,
+        help=f"PandaGPT delta (llama_proj and LoRA; default ${PANDAGPT_ENV})",
+    )
     model.add_argument("--class-name", help="object name for the prompts (the page can switch it)")
     model.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens")
     model.add_argument("--examples", help="folder of images offered as examples on the page")
