@@ -149,12 +149,27 @@ def _like(output: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
 # restores an unlisted one as *no transform at all*; list ours so checkpoints keep it.
 TRANSFORM_REGISTRY.register(ClipResize)
 
-# Checkpoints written before 0.2 hold ``PilCompatibleResize`` (+ ``CenterCrop`` in crop mode).
+
+class PilCompatibleResize(ClipResize):
+    """The resize of 0.1, kept so that torch exports pickled by 0.1 still load; it resizes as ``ClipResize``.
+
+    0.1 resized the short side (``size=[side]``) and cropped in a following ``CenterCrop`` (a no-op
+    after this one), or squashed (``size=[side, side]``). Unpickling sets no ``side``/``crop``.
+    """
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Derive ``side`` and ``crop`` from 0.1's ``size``."""
+        super().__setstate__(state)
+        self.side = int(self.size[0])
+        self.crop = len(self.size) == 1
+
+
+# Checkpoints written by 0.1 hold ``PilCompatibleResize`` (+ ``CenterCrop`` in crop mode): upgraded on load.
 LEGACY_RESIZE_PATH = "anomalib_agpt.pre_processing.PilCompatibleResize"
 
 
 def upgrade_transform_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Rewrite a pre-0.2 checkpoint's transform spec (PIL-compatible resize, centre crop) as ``ClipResize``."""
+    """Rewrite a 0.1 checkpoint's transform spec (PIL-compatible resize, centre crop) as ``ClipResize``."""
     if not spec or not spec.get("class_path", "").endswith("Compose"):
         return spec
     steps = spec["init_args"].get("transforms", [])

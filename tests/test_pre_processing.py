@@ -85,3 +85,14 @@ def test_checkpoints_written_by_0_1_load_and_score(weights: dict[str, Any], name
     pre_processed = fresh.pre_processor.transform(image)
     torch.testing.assert_close(restored.pre_processor(image), pre_processed)
     torch.testing.assert_close(restored.model(pre_processed).anomaly_map, fresh.model(pre_processed).anomaly_map)
+
+
+def test_torch_exports_pickled_by_0_1_load_and_score_as_today(weights: dict[str, Any]) -> None:
+    """0.1's torch export (whole module pickled) unpickles; its forward now pre-processes PIL-exactly."""
+    exported = torch.load(LEGACY / "zero_shot_torch_export.pt", weights_only=False)["model"].eval()
+    current = AnomalyGPT.load_from_checkpoint(LEGACY / "zero_shot.ckpt", **weights).eval()
+    image = read_image(FIXTURES / "images" / "query_1_gray_scratch.png", as_tensor=True).unsqueeze(0)
+    torch.testing.assert_close(exported.pre_processor(image), current.pre_processor(image))
+    old, new = exported(image), current(image)
+    torch.testing.assert_close(old.anomaly_map, new.anomaly_map)
+    torch.testing.assert_close(old.pred_score, new.pred_score)
