@@ -1,50 +1,57 @@
 """Batched vs one-by-one explanations: images per second at batch 8, same answers.
 
-    python benchmarks/explain_batching.py [--batch 8] [--tokens 24]
+    python benchmarks/explain_batching.py [--batch 8] [--tokens 24] [--rounds 3] [--warmup 1]
 
 Two LLM sizes: the reference set's tiny LLaMA and a ~100M-parameter random LLaMA. Prints the
-speed-up of one batched ``generate`` over answering each image alone (goal: >= 2x); last line is
-the figure.
+speed-up of one batched ``generate`` over answering each image alone (goal: >= 2x), as the ratio of
+the medians of ``--rounds`` round-robin rounds (batched, one-by-one, batched, ...), so that a change
+of machine load hits both alike; a speed-up above the batch size means the load moved, not the code.
+Last line is the figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _setup import fixture_weights, random_llm_weights
+from _setup import fixture_weights, random_llm_weights, round_robin, rounds_note, synchronizer
 
 
-def measure(weights: dict, batch: int, tokens: int, device: str) -> tuple[float, float, int]:
-    """(batched images/s, one-by-one images/s, parameters of the LLM)."""
+def measure(weights: dict, args: argparse.Namespace) -> tuple[dict, int]:
+    """(round-robin timings of ``batched`` and ``one-by-one``, parameters of the LLM)."""
     from anomalib_agpt import AnomalyGPT
 
-    model = AnomalyGPT(**weights, explain=True, max_new_tokens=tokens, class_name="bottle").to(device).eval()
+    model = AnomalyGPT(**weights, explain=True, max_new_tokens=args.tokens, class_name="bottle")
+    model = model.to(args.device).eval()
     head = model.model.ensure_llm_head()
     parameters = sum(p.numel() for p in head.llm.parameters())
-    images = torch.randn(batch, 3, 224, 224, device=device)
-    model.model.explain(images[:2])  # warm-up
-    start = time.perf_counter()
-    batched = model.model.explain(images)
-    batched_rate = batch / (time.perf_counter() - start)
-    start = time.perf_counter()
-    single = [model.model.explain(images[i : i + 1])[0] for i in range(batch)]
-    single_rate = batch / (time.perf_counter() - start)
-    if batched != single:
+    images = torch.randn(args.batch, 3, 224, 224, device=args.device)
+    timings = round_robin(
+        {
+            "batched": lambda: model.model.explain(images),
+            "one-by-one": lambda: [model.model.explain(images[i : i + 1])[0] for i in range(args.batch)],
+        },
+        rounds=args.rounds,
+        warmup=args.warmup,
+        sync=synchronizer(args.device),
+    )
+    if timings["batched"].result != timings["one-by-one"].result:
         print("  note: batched and one-by-one answers differ (numerical ties)")
-    return batched_rate, single_rate, parameters
+    return timings, parameters
 
 
 def main() -> None:
     """Run both sizes and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=3, help="timed round-robin rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    print(f"{args.device}, batch {args.batch}, {args.tokens} new tokens; {rounds_note(args.rounds, args.warmup)}")
     with tempfile.TemporaryDirectory() as folder:
         setups = {
             "reference-set LLaMA": fixture_weights(),
@@ -52,12 +59,14 @@ def main() -> None:
         }
         figures = []
         for name, weights in setups.items():
-            batched, single, parameters = measure(weights, args.batch, args.tokens, args.device)
-            figures.append(f"{name} ({parameters / 1e6:.1f}M): {batched / single:.2f}x")
-            print(
-                f"{name:22s} {parameters / 1e6:7.1f}M params  batched {batched:7.2f} img/s  "
-                f"one-by-one {single:7.2f} img/s  speed-up {batched / single:.2f}x ({args.device})",
-            )
+            timings, parameters = measure(weights, args)
+            batched, single = timings["batched"], timings["one-by-one"]
+            speed_up = single.median / batched.median
+            figures.append(f"{name} ({parameters / 1e6:.1f}M): {speed_up:.2f}x")
+            print(f"{name} ({parameters / 1e6:.1f}M params)")
+            print(f"  {'batched':12s} {batched.rate(args.batch)}")
+            print(f"  {'one-by-one':12s} {single.rate(args.batch)}")
+            print(f"  speed-up (ratio of medians) {speed_up:.2f}x")
     print(f"batched vs one-by-one explanation speed-up at batch {args.batch}: " + "; ".join(figures))
 
 

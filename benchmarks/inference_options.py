@@ -1,6 +1,6 @@
 """What each inference option buys, each against its baseline in the same run (faster is > 1).
 
-    python benchmarks/inference_options.py [--repeats 5] [--batch 2] [--tokens 24] [--device cpu|cuda]
+    python benchmarks/inference_options.py [--rounds 5] [--batch 2] [--tokens 24] [--device cpu|cuda]
 
 LLM options (merged LoRA, SDPA vs eager attention, 8-/4-bit through bitsandbytes) on a random
 LLaMA of hidden 512 x 8 layers with the PandaGPT-style LoRA, answering a batch of images with
@@ -11,7 +11,8 @@ random ViT-B-sized vision tower (768 wide, 12 layers, 224 px): the scores path's
 image after warm-up, the compile time (a fresh inductor cache, as on a first start, unless
 ``--warm-compile-cache``) and the largest map difference to fp32. Quantisation needs CUDA and
 bitsandbytes (the ``quant`` extra); elsewhere it is reported as not measured. Timings are medians
-of ``--repeats`` round-robin runs. Last line is the summary of every ratio.
+of ``--rounds`` round-robin rounds (min-max alongside), ratios are ratios of medians. Last line is
+the summary of every ratio.
 """
 
 from __future__ import annotations
@@ -26,21 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _setup import interleaved_medians, random_llm_weights, random_sized_model
+from _setup import random_llm_weights, random_sized_model, round_robin, rounds_note, synchronizer
 
 LLM_SIZE = {"hidden": 512, "layers": 8, "heads": 8, "mlp": 1376}
-
-
-def synchronised(function: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """``function`` that waits for the GPU, so wall time covers the work it queued."""
-
-    def call() -> object:
-        result = function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return result
-
-    return call
 
 
 def load_explainer(weights: dict, device: torch.device, **options: object) -> tuple[object, float, int]:
@@ -101,9 +90,10 @@ def llm_options(args: argparse.Namespace, device: torch.device, folder: Path) ->
     if quantised:
         variants |= {f"LLM {q}": {"llm_dtype": dtype, "llm_quantization": q} for q in ("8bit", "4bit")}
     loaded = {name: load_explainer(weights, device, **options) for name, options in variants.items()}
-    runs = {name: synchronised(answering(model, images, args.tokens), device) for name, (model, _, _) in loaded.items()}
-    answers = {name: run() for name, run in runs.items()}
-    seconds = dict(zip(runs, interleaved_medians(list(runs.values()), warmup=1, repeats=args.repeats), strict=True))
+    runs = {name: answering(model, images, args.tokens) for name, (model, _, _) in loaded.items()}
+    timings = round_robin(runs, args.rounds, warmup=1, sync=synchronizer(device))
+    answers = {name: timing.result for name, timing in timings.items()}
+    seconds = {name: timing.median for name, timing in timings.items()}
     names = list(runs)
     base = seconds[names[0]]
     parameters = sum(p.numel() for p in loaded[names[0]][0].model.llm_head.llm.parameters())
@@ -112,7 +102,7 @@ def llm_options(args: argparse.Namespace, device: torch.device, folder: Path) ->
         same = "yes" if answers[name] == answers[names[0]] else "no"
         memory = f"{loaded[name][2] / 2**20:8.1f} MiB" if device.type == "cuda" else "      n/a"
         rows.append(
-            f"{name:44s} {seconds[name] / args.batch * 1e3:9.1f} ms/answer  load {loaded[name][1]:5.2f} s  "
+            f"{name:44s} {timings[name].ms(per=args.batch)} per answer  load {loaded[name][1]:5.2f} s  "
             f"{memory}  same tokens as baseline: {same}"
         )
     rows.insert(
@@ -145,16 +135,22 @@ def encoder_options(args: argparse.Namespace, device: torch.device) -> tuple[lis
             model.compile_encoder = compiled
             return model(images)
 
-        return synchronised(run, device)
+        return run
 
     plain, compiled, half_run = scores(eager, False), scores(eager, True), scores(halved, False)
+    sync = synchronizer(device) or (lambda: None)
     reference = plain().anomaly_map
+    sync()
     start = time.perf_counter()
     compiled_map = compiled().anomaly_map  # the first compiled call compiles
+    sync()
     compile_seconds = time.perf_counter() - start
     half_map = half_run().anomaly_map
-    seconds = interleaved_medians([plain, compiled, half_run], warmup=1, repeats=args.repeats)
-    per_image = [s / args.batch * 1e3 for s in seconds]
+    timings = round_robin(
+        {"eager": plain, "compiled": compiled, "half": half_run}, args.rounds, warmup=1, sync=synchronizer(device)
+    )
+    seconds = [timing.median for timing in timings.values()]
+    per_image = [timing.ms(per=args.batch) for timing in timings.values()]
     compile_difference = (compiled_map - reference).abs().max().item()
     half_difference = (half_map - reference).abs().max().item()
     megabytes = [
@@ -162,10 +158,10 @@ def encoder_options(args: argparse.Namespace, device: torch.device) -> tuple[lis
     ]
     rows = [
         f"encoder: random ViT-B-sized vision tower (768 x 12), batch {args.batch}, scores path (encoder + maps)",
-        f"{'encoder fp32 eager (baseline)':44s} {per_image[0]:9.1f} ms/image  weights {megabytes[0]:6.0f} MiB",
-        f"{'encoder fp32 torch.compile':44s} {per_image[1]:9.1f} ms/image  compile {compile_seconds:6.1f} s  "
+        f"{'encoder fp32 eager (baseline)':44s} {per_image[0]} per image  weights {megabytes[0]:6.0f} MiB",
+        f"{'encoder fp32 torch.compile':44s} {per_image[1]} per image  compile {compile_seconds:6.1f} s  "
         f"max |map - eager| {compile_difference:.1e}",
-        f"{f'encoder {half}':44s} {per_image[2]:9.1f} ms/image  weights {megabytes[1]:6.0f} MiB  "
+        f"{f'encoder {half}':44s} {per_image[2]} per image  weights {megabytes[1]:6.0f} MiB  "
         f"max |map - fp32| {half_difference:.1e} (map dtype {half_map.dtype})",
     ]
     ratios = [
@@ -178,7 +174,7 @@ def encoder_options(args: argparse.Namespace, device: torch.device) -> tuple[lis
 def main() -> None:
     """Measure every option against its baseline and print the table, the ratios, then the summary."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timed round-robin rounds (after 1 warm-up round)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -190,14 +186,14 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    load = f"; load average before the run {os.getloadavg()[0]:.1f} (other work skews the timings)"
+    taken = rounds_note(args.rounds, 1)  # the load average before the run
     with tempfile.TemporaryDirectory() as folder:
         if not args.warm_compile_cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
         llm_rows, llm_ratios = llm_options(args, device, Path(folder))
         encoder_rows, encoder_ratios = encoder_options(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; median of {args.repeats} round-robin runs after 1 warm-up{load}")
+    print(f"device: {name}; {taken}")
     for row in llm_rows + encoder_rows:
         print(row)
     ratios = llm_ratios + encoder_ratios

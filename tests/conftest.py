@@ -19,6 +19,43 @@ ANOMALYGPT_DELTA = FIXTURES / "anomalygpt_delta.pt"
 PANDAGPT_DELTA = FIXTURES / "pandagpt_delta.pt"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, with the reason, where PyTorch sees no CUDA device."""
+    del config
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def auroc_by_ranks(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUROC as the Mann-Whitney statistic: mean rank of the positives, ties sharing their average rank.
+
+    Written out here so that metric values reported by anomalib (torchmetrics' ROC curve) are checked
+    against a computation that shares no code with them.
+    """
+    scores, labels = scores.flatten().double(), labels.flatten().bool()
+    order = scores.argsort()
+    _, inverse, counts = torch.unique_consecutive(scores[order], return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()  # 1-based rank of each run of equal scores' last element
+    average = last - (counts.double() - 1) / 2
+    ranks = torch.empty_like(scores)
+    ranks[order] = average[inverse]
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def f1_by_counts(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """Binary F1 from the confusion counts: 2 TP / (2 TP + FP + FN)."""
+    predicted, target = predicted.flatten().bool(), target.flatten().bool()
+    true_positive = int((predicted & target).sum())
+    false_positive = int((predicted & ~target).sum())
+    false_negative = int((~predicted & target).sum())
+    return 2 * true_positive / (2 * true_positive + false_positive + false_negative)
+
+
 @pytest.fixture(scope="session")
 def meta() -> dict[str, Any]:
     """The reference set's settings, sizes and tolerances."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,39 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch import Callback
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.callbacks import PredictionWriter
 from anomalib_agpt.conversation import is_anomalous_answer
 from anomalib_agpt.data import make_synthetic_mvtec
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, auroc_by_ranks
 
 CATEGORY = "tablet"
+CELLS = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
+"""The 3x3 cells answers name, by row and column."""
+
+
+class KeepTestBatches(Callback):
+    """Keeps every test batch; the post-processor and evaluator then update (and read) these objects."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any) -> None:
+        self.batches.append(outputs)
+
+
+def grounded_by_hand(answer: str, label: bool, mask: torch.Tensor) -> bool:
+    """Normal: no 'Yes'. Anomalous: 'Yes' and the words of the 3x3 cell holding the mask's centroid."""
+    if not label:
+        return "Yes" not in answer
+    rows, cols = torch.nonzero(mask.reshape(mask.shape[-2:])).float().mean(dim=0).tolist()
+    height, width = mask.shape[-2:]
+    cell = CELLS[min(int(3 * rows / height), 2)][min(int(3 * cols / width), 2)]
+    named = re.findall(r"top left|top right|bottom left|bottom right|top|bottom|left|right|center", answer)
+    return "Yes" in answer and cell in named
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +75,29 @@ def test_test_fills_explanations_labels_and_answer_accuracy(
     weights: dict[str, Any],
     explain_options: dict[str, Any],
 ) -> None:
+    """The answer metrics and image AUROC equal those computed by hand from the test batches' answers and scores."""
     model = AnomalyGPT(**weights, **explain_options)
-    metrics = fitted["engine"].test(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])[0]
+    kept = KeepTestBatches()
+    engine = Engine(
+        default_root_dir=fitted["work"] / "results",
+        logger=False,
+        devices=1,
+        callbacks=[kept],
+        enable_progress_bar=False,
+    )
+    metrics = engine.test(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])[0]
     assert {"image_AUROC", "pixel_AUROC", "AnswerAccuracy", "ExplanationGrounding"} <= set(metrics)
-    assert 0.0 <= metrics["AnswerAccuracy"] <= 1.0
+    answers = [answer for batch in kept.batches for answer in batch.explanation]
+    labels = torch.cat([batch.gt_label for batch in kept.batches]).bool()
+    masks = torch.cat([batch.gt_mask for batch in kept.batches])
+    assert len(answers) == len(labels) == len(list((fitted["root"] / CATEGORY / "test").rglob("*.png")))
+    assert 0 < labels.sum() < len(labels)  # both classes: the AUROC is defined
+    agree = [("Yes" in answer) == bool(label) for answer, label in zip(answers, labels, strict=True)]
+    assert metrics["AnswerAccuracy"] == pytest.approx(sum(agree) / len(agree), abs=1e-6)
+    grounded = [grounded_by_hand(*item) for item in zip(answers, labels.tolist(), masks, strict=True)]
+    assert metrics["ExplanationGrounding"] == pytest.approx(sum(grounded) / len(grounded), abs=1e-6)
+    scores = torch.cat([batch.pred_score for batch in kept.batches])
+    assert metrics["image_AUROC"] == pytest.approx(auroc_by_ranks(scores, labels), abs=1e-6)
     images = list((fitted["work"] / "results").rglob("images/**/*.png"))
     assert images  # the explanation visualizer wrote its panels
 

@@ -17,7 +17,7 @@ from anomalib.data.utils import read_image
 from anomalib_agpt.anomaly_maps import few_shot_similarity, zero_shot_logits
 from anomalib_agpt.encoder import tap_indices
 from anomalib_agpt.lightning_model import AnomalyGPT
-from anomalib_agpt.prompting import prompt_sentences, resolve_original_class_name
+from anomalib_agpt.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
 from anomalib_agpt.torch_model import AnomalyGPTModel
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND
@@ -162,9 +162,63 @@ def test_pre_processing_equals_the_originals_pil_pixels(
     assert max_abs(ours, stored) <= TOL_PIXELS
 
 
+# How the original evaluation scripts name each category's object in their prompt "This is a photo of
+# <subject> for anomaly detection, ...". The subject is all the class-name rule reads: the rest of the
+# prompt names no entry of the class list.
+ORIGINAL_PROMPT_SUBJECTS = {
+    "mvtec:bottle": "a bottle",
+    "mvtec:cable": "three cables",
+    "mvtec:capsule": "a capsule",
+    "mvtec:carpet": "carpet",
+    "mvtec:grid": "grid",
+    "mvtec:hazelnut": "a hazelnut",
+    "mvtec:leather": "leather",
+    "mvtec:metal_nut": "a metal nut",
+    "mvtec:pill": "a pill",
+    "mvtec:screw": "a screw",
+    "mvtec:tile": "tile",
+    "mvtec:toothbrush": "a toothbrush",
+    "mvtec:transistor": "a transistor",
+    "mvtec:wood": "wood",
+    "mvtec:zipper": "a zipper",
+    "visa:candle": "4 candles",
+    "visa:capsules": "many small capsules",
+    "visa:cashew": "a cashew",
+    "visa:chewinggum": "a chewinggom",  # sic: the misspelling is why the original fell back to 'object'
+    "visa:fryum": "a fryum",
+    "visa:macaroni1": "4 macaronis",
+    "visa:macaroni2": "4 macaronis",
+    "visa:pcb1": "pcb",
+    "visa:pcb2": "pcb",
+    "visa:pcb3": "pcb",
+    "visa:pcb4": "pcb",
+    "visa:pipe_fryum": "a pipe fryum",
+}
+# The VisA categories whose original class name differs from their anomalib category (README table).
+VISA_RENAMED = {"capsules", "chewinggum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"}
+
+
+def original_prompt(subject: str) -> str:
+    return (
+        f"This is a photo of {subject} for anomaly detection, which should be without any damage, flaw, "
+        "defect, scratch, hole or broken part. Is there any anomaly in the image?"
+    )
+
+
 def test_original_class_name_rule(meta: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The product's substring rule gives the recorded name for the fixture's question and every evaluation prompt."""
     assert resolve_original_class_name(expected["question"]) == expected["class_name"]
+    assert resolve_original_class_name(expected["question"]) == meta["class_name"]
     assert resolve_original_class_name("Is there any anomaly?") == "object"
     resolution = meta["class_name_resolution_for_original_eval_prompts"]
-    assert resolution["visa:capsules"] == "capsule"
-    assert resolution["visa:chewinggum"] == "object"
+    assert set(resolution) == set(ORIGINAL_PROMPT_SUBJECTS)
+    for key, recorded in resolution.items():
+        assert resolve_original_class_name(original_prompt(ORIGINAL_PROMPT_SUBJECTS[key])) == recorded, key
+
+
+def test_category_names_follow_the_original_except_the_visa_renames(meta: dict[str, Any]) -> None:
+    """anomalib's category, turned into a prompt name, is the original's name exactly where the README says."""
+    for key, recorded in meta["class_name_resolution_for_original_eval_prompts"].items():
+        dataset, category = key.split(":")
+        renamed = dataset == "visa" and category in VISA_RENAMED
+        assert (category_to_class_name(category) != recorded) == renamed, key

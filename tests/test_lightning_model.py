@@ -12,9 +12,12 @@ from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.models import get_model, list_models
+from lightning.pytorch import Callback
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
+
+from .conftest import auroc_by_ranks, f1_by_counts
 
 CATEGORY = "washer"
 NUM_TRAIN, NUM_GOOD, NUM_DEFECT = 4, 2, 2
@@ -37,8 +40,29 @@ def datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=3, num_workers=0)
 
 
-def engine(root: Path) -> Engine:
-    return Engine(default_root_dir=root, logger=False, devices=1, max_epochs=1, enable_progress_bar=False)
+def engine(root: Path, callbacks: list[Callback] | None = None) -> Engine:
+    return Engine(
+        default_root_dir=root,
+        logger=False,
+        devices=1,
+        max_epochs=1,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+    )
+
+
+class KeepTestBatches(Callback):
+    """Keeps a reference to every test batch.
+
+    anomalib's post-processor and evaluator update these very objects, so after the run they hold the
+    scores, labels, maps and masks the reported metrics were computed from.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any) -> None:
+        self.batches.append(outputs)
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["zero_shot", "few_shot"])
@@ -132,16 +156,55 @@ def test_test_from_checkpoint_reports_metrics(
     weights: dict[str, Any],
     dataset_root: Path,
 ) -> None:
+    """Each reported metric equals the one computed by hand from the test images' scores, labels and maps."""
     model = AnomalyGPT(**weights, k_shot=fitted["k_shot"])
-    metrics = engine(fitted["results"]).test(
+    kept = KeepTestBatches()
+    metrics = engine(fitted["results"], [kept]).test(
         model=model,
         datamodule=datamodule(dataset_root),
         ckpt_path=fitted["checkpoint"],
     )[0]
     assert set(metrics) == {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score"}
-    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+
+    def field(name: str) -> torch.Tensor:
+        return torch.cat([getattr(batch, name).flatten() for batch in kept.batches])
+
+    labels, masks = field("gt_label"), field("gt_mask")
+    assert len(labels) == NUM_TEST
+    assert labels.sum() == 2 * NUM_DEFECT  # both classes present: the AUROC is defined
+    assert metrics["image_AUROC"] == pytest.approx(auroc_by_ranks(field("pred_score"), labels), abs=1e-6)
+    assert metrics["image_F1Score"] == pytest.approx(f1_by_counts(field("pred_label"), labels), abs=1e-6)
+    # pixel AUROC: ~300,000 float32 values summed in a different order than torchmetrics does
+    assert metrics["pixel_AUROC"] == pytest.approx(auroc_by_ranks(field("anomaly_map"), masks), abs=1e-5)
+    assert metrics["pixel_F1Score"] == pytest.approx(f1_by_counts(field("pred_mask"), masks), abs=1e-6)
     # restored, not recomputed: the memory is the fitted one
     torch.testing.assert_close(model.model.reference_memory, fitted["model"].model.reference_memory)
+
+
+def post_processed(raw: torch.Tensor, threshold: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """anomalib's normalisation written out: the threshold maps to 0.5, the validation range to width 1, clamped."""
+    return ((raw - threshold) / (high - low) + 0.5).clamp(0, 1)
+
+
+def assert_post_processed_raw_outputs(batches: list[Any], fitted: dict[str, Any]) -> None:
+    """Scores, maps, labels and masks equal the fitted model's raw output normalised with the stored thresholds."""
+    state = torch.load(fitted["checkpoint"], weights_only=False)["state_dict"]
+    stats = {key.removeprefix("post_processor."): value for key, value in state.items() if "post_processor." in key}
+    assert all(torch.isfinite(value) for value in stats.values())  # fitted, so no fallback path is taken
+    module = fitted["model"].eval()
+    for batch in batches:
+        images = torch.cat([read_image(path, as_tensor=True).unsqueeze(0) for path in batch.image_path])
+        with torch.no_grad():
+            raw = module.model(module.pre_processor.transform(images))
+        score = post_processed(raw.pred_score, stats["_image_threshold"], stats["image_min"], stats["image_max"])
+        anomaly_map = post_processed(raw.anomaly_map, stats["_pixel_threshold"], stats["pixel_min"], stats["pixel_max"])
+        torch.testing.assert_close(batch.pred_score, score, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.anomaly_map.reshape(anomaly_map.shape), anomaly_map, atol=1e-5, rtol=0)
+        # labels and masks: the normalised threshold is 0.5 (values within rounding of it may go either way)
+        clear = (score - 0.5).abs() > 1e-4
+        assert torch.equal(batch.pred_label[clear], (score > 0.5)[clear])
+        clear = (anomaly_map - 0.5).abs() > 1e-4
+        assert torch.equal(batch.pred_mask.reshape(anomaly_map.shape)[clear], (anomaly_map > 0.5)[clear])
 
 
 def test_predict_with_datamodule_and_folder(
@@ -156,15 +219,13 @@ def test_predict_with_datamodule_and_folder(
         ckpt_path=fitted["checkpoint"],
     )
     assert sum(len(batch.image) for batch in batches) == NUM_TEST
-    first = batches[0]
-    assert first.anomaly_map.shape[-2:] == (224, 224)
-    assert first.pred_label is not None
-    assert first.pred_mask is not None
+    assert batches[0].anomaly_map.shape[-2:] == (224, 224)
+    assert_post_processed_raw_outputs(batches, fitted)
     folder = dataset_root / CATEGORY / "test" / "scratch"
     batches = run.predict(
         model=AnomalyGPT(**weights, k_shot=fitted["k_shot"]),
         data_path=folder,
         ckpt_path=fitted["checkpoint"],
     )
-    assert sum(len(batch.image) for batch in batches) == NUM_DEFECT
-    assert all(0.0 <= float(score) <= 1.0 for batch in batches for score in batch.pred_score)
+    assert sorted(path for batch in batches for path in batch.image_path) == sorted(map(str, folder.glob("*.png")))
+    assert_post_processed_raw_outputs(batches, fitted)

@@ -19,7 +19,9 @@ from .conftest import FIXTURES, PANDAGPT_DELTA
 QUERIES = ["query_0_rgb_blob.png", "query_1_gray_scratch.png", "query_2_rgba_good.png"]
 VICUNA = FIXTURES / "vicuna"
 TOL_EMBEDS = 1e-5
-TOL_LOGITS = 1e-4  # as the reference set recommends for LLM logits; reached ~7e-6
+# LLM logits, as the reference set recommends: float32 noise through two layers stays far below it, while a
+# wrong rotary convention, LoRA scaling or embedding layout moves logits by whole units.
+TOL_LOGITS = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -227,5 +229,10 @@ def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp
     config = json.loads((folder / "config.json").read_text())
     config["intermediate_size"] = 128
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"has model.layers.0.mlp.\w+_proj.weight of shape \[96, 64\]|\[64, 96\]"):
+    # whichever MLP weight the file lists first: gate/up are (intermediate, hidden), down is (hidden, intermediate)
+    shapes = (
+        r"(?:gate|up)_proj\.weight of shape \[96, 64\]; the config needs \[128, 64\]"
+        r"|down_proj\.weight of shape \[64, 96\]; the config needs \[64, 128\]"
+    )
+    with pytest.raises(CheckpointError, match=rf"has model\.layers\.0\.mlp\.(?:{shapes})\."):
         load_llm(folder, torch.float32)

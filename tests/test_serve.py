@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from anomalib.data import InferenceBatch
+from anomalib.data.utils import read_image
 from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.conversation import default_question, multi_turn_prompt
-from anomalib_agpt.references import read_image_checked
 from anomalib_agpt.serve import ServeSession
 from anomalib_agpt.serve.handlers import DISPLAY_SIDE, SCORES_ONLY_MESSAGE
 
@@ -26,9 +27,9 @@ OTHER = FIXTURES / "images" / "query_1_gray_scratch.png"
 REFERENCE = FIXTURES / "images" / "reference_0_good.png"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def session(weights: dict[str, Any]) -> ServeSession:
-    """The reference set's model with its LLM (greedy, short answers)."""
+    """A fresh server over the reference set's model with its LLM (greedy, short answers): empty caches."""
     model = AnomalyGPT(
         **weights,
         class_name="bottle",
@@ -39,7 +40,7 @@ def session(weights: dict[str, Any]) -> ServeSession:
     return ServeSession(model)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scores_only(weights: dict[str, Any]) -> ServeSession:
     return ServeSession(AnomalyGPT(**weights, class_name="bottle"), max_image_pixels=300 * 300)
 
@@ -58,14 +59,18 @@ def encodings(session: ServeSession, monkeypatch: pytest.MonkeyPatch) -> list[in
     return calls
 
 
-def own_prediction(model: AnomalyGPT, path: Path) -> Any:
-    """What anomalib's predict loop gives for ``path``: the pre-processor's transform, the model, the post-processor."""
+def forward(
+    weights: dict[str, Any], path: Path, class_name: str = "bottle", reference: Path | None = None
+) -> InferenceBatch:
+    """What a separate AnomalyGPT's own forward (pre-processor, model, post-processor) gives for ``path``."""
+    model = AnomalyGPT(**weights, class_name=class_name).eval()
     with torch.no_grad():
-        pixels = model.pre_processor.transform(read_image_checked(path)[None])
-        return model.post_processor(model.model(pixels))
+        if reference is not None:
+            model.model.set_references(model.pre_processor.transform(read_image(reference, as_tensor=True)[None]))
+        return model(read_image(path, as_tensor=True)[None])
 
 
-def test_analyse_shows_view_heatmap_mask_score_and_answer(session: ServeSession) -> None:
+def test_analyse_shows_view_heatmap_mask_score_and_answer(session: ServeSession, weights: dict[str, Any]) -> None:
     analysis = session.analyse(str(QUERY), [], "bottle", "")
     assert analysis.ok
     for image in (analysis.image, analysis.heatmap, analysis.mask):
@@ -73,8 +78,7 @@ def test_analyse_shows_view_heatmap_mask_score_and_answer(session: ServeSession)
         assert image.shape == (DISPLAY_SIDE, DISPLAY_SIDE, 3)
         assert image.dtype == np.uint8
     assert not np.array_equal(analysis.heatmap, analysis.image)
-    expected = own_prediction(session.model, QUERY)
-    assert 0.0 <= analysis.score <= 1.0
+    expected = forward(weights, QUERY)
     assert analysis.score == pytest.approx(float(expected.pred_score), abs=1e-5)
     assert analysis.is_anomalous == bool(expected.pred_label)
     resized = F.interpolate(expected.pred_mask.float().reshape(1, 1, 224, 224), size=(DISPLAY_SIDE,) * 2) > 0.5
@@ -92,7 +96,7 @@ def test_follow_up_reuses_the_encoding_and_sends_the_history(
     session: ServeSession, encodings: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = session.analyse(str(QUERY), [], "bottle", "Is there any anomaly in the image?")
-    assert encodings == [1] or encodings == []  # encoded once (or cached from an earlier test)
+    assert encodings == [1]  # a fresh session: the upload is encoded once
     prompts: list[str] = []
     llm_inputs = session.model.model.llm_inputs
 
@@ -126,26 +130,32 @@ def test_a_new_upload_is_encoded_once_and_analysing_starts_a_new_conversation(
     assert first.score == second.score
 
 
-def test_class_name_switch_changes_text_features_and_score(session: ServeSession, encodings: list[int]) -> None:
+def test_class_name_switch_changes_text_features_and_score(
+    session: ServeSession, encodings: list[int], weights: dict[str, Any]
+) -> None:
     bottle = session.analyse(str(QUERY), [], "bottle", "")
     features = session.model.model.text_features.clone()
     screw = session.analyse(str(QUERY), [], "screw", "")
     assert session.model.model.class_name == "screw"
     assert not torch.allclose(features, session.model.model.text_features)
+    assert bottle.score == pytest.approx(float(forward(weights, QUERY, "bottle").pred_score), abs=1e-5)
+    assert screw.score == pytest.approx(float(forward(weights, QUERY, "screw").pred_score), abs=1e-5)
     assert screw.score != pytest.approx(bottle.score, abs=1e-6)
     assert screw.history[0][0] == default_question("screw")
-    assert len(encodings) <= 1  # the switch recomputes the map from the kept features
     assert session.question_for("") == default_question("bottle")  # empty: the model's own class
     back = session.analyse(str(QUERY), [], "", "")
     assert back.score == pytest.approx(bottle.score, abs=1e-6)
+    assert encodings == [1]  # the switches recompute the map from the kept features
 
 
-def test_references_switch_to_few_shot_and_back(session: ServeSession) -> None:
+def test_references_switch_to_few_shot_and_back(session: ServeSession, weights: dict[str, Any]) -> None:
     zero_shot = session.analyse(str(QUERY), [], "bottle", "")
     assert session.model.model.num_reference_images == 0
     few_shot = session.analyse(str(QUERY), [str(REFERENCE)], "bottle", "")
     assert few_shot.ok, few_shot.message
     assert session.model.model.num_reference_images == 1
+    assert zero_shot.score == pytest.approx(float(forward(weights, QUERY).pred_score), abs=1e-5)
+    assert few_shot.score == pytest.approx(float(forward(weights, QUERY, reference=REFERENCE).pred_score), abs=1e-5)
     assert few_shot.score != pytest.approx(zero_shot.score, abs=1e-4)
     memory = session.model.model.reference_memory
     session.analyse(str(QUERY), [str(REFERENCE)], "bottle", "")
@@ -155,12 +165,14 @@ def test_references_switch_to_few_shot_and_back(session: ServeSession) -> None:
     assert again.score == pytest.approx(zero_shot.score, abs=1e-6)
 
 
-def test_scores_only_mode_shows_map_and_says_explanations_need_an_llm(scores_only: ServeSession) -> None:
+def test_scores_only_mode_shows_map_and_says_explanations_need_an_llm(
+    scores_only: ServeSession, weights: dict[str, Any]
+) -> None:
     assert not scores_only.explains
     analysis = scores_only.analyse(str(QUERY), [], "bottle", "Is there any anomaly?")
     assert analysis.heatmap is not None
     assert analysis.mask is not None
-    assert analysis.score is not None
+    assert analysis.score == pytest.approx(float(forward(weights, QUERY).pred_score), abs=1e-5)
     assert analysis.history == []
     assert SCORES_ONLY_MESSAGE in analysis.message
     assert "--llm" in analysis.message
@@ -169,7 +181,7 @@ def test_scores_only_mode_shows_map_and_says_explanations_need_an_llm(scores_onl
     assert "Explanations need an LLM" in follow_up.message
 
 
-def test_chat_without_llm_rescores_from_the_kept_features(scores_only: ServeSession) -> None:
+def test_chat_without_llm_rescores_from_the_kept_features(scores_only: ServeSession, weights: dict[str, Any]) -> None:
     """The chat extension the page builds on: scores-only chats, and a new map without encoding again."""
     from anomalib_agpt.chat import AnomalyGPTChat
 
@@ -177,12 +189,14 @@ def test_chat_without_llm_rescores_from_the_kept_features(scores_only: ServeSess
     model.model.set_class_name("bottle")
     chat = AnomalyGPTChat(model, QUERY, load_llm=False)
     bottle = float(chat.scores.pred_score)
+    assert bottle == pytest.approx(float(forward(weights, QUERY, "bottle").pred_score), abs=1e-5)
     model.model.set_class_name("screw")
-    assert float(chat.rescore().pred_score) != pytest.approx(bottle, abs=1e-6)
-    assert float(chat.scores.pred_score) == pytest.approx(float(own_prediction(model, QUERY).pred_score), abs=1e-6)
+    screw = float(chat.rescore().pred_score)
+    assert screw == pytest.approx(float(forward(weights, QUERY, "screw").pred_score), abs=1e-5)
+    assert screw != pytest.approx(bottle, abs=1e-6)
+    assert float(chat.scores.pred_score) == screw  # rescore keeps the new scores
     with pytest.raises(ValueError, match="explanations need llm"):
         chat.ask("Is there any anomaly?")
-    model.model.set_class_name("bottle")
 
 
 def bad_file(tmp_path: Path, kind: str) -> Path:
@@ -317,5 +331,8 @@ def test_a_trained_checkpoint_is_served_with_its_references_and_thresholds(
     assert session.default_class_name == "tablet"
     analysis = session.analyse(str(QUERY), [], "", "")
     assert analysis.ok
-    assert analysis.score == pytest.approx(float(own_prediction(served.model, QUERY).pred_score), abs=1e-5)
+    restored = AnomalyGPT.load_from_checkpoint(checkpoint).eval()
+    with torch.no_grad():
+        expected = restored(read_image(QUERY, as_tensor=True)[None])
+    assert analysis.score == pytest.approx(float(expected.pred_score), abs=1e-5)
     assert "normalised" in analysis.message

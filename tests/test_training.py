@@ -240,26 +240,35 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
         torch.testing.assert_close(resumed.model.decoder.state_dict()[name], value, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed"])
-def test_mixed_precision_training_runs_and_learns(
+def test_bf16_mixed_training_runs_the_steps_under_autocast_and_learns(
     weights: dict[str, Any],
     datamodule: MVTecAD,
     tmp_path: Path,
-    precision: str,
 ) -> None:
-    """Lightning's precision plugin wraps the steps; the trained decoder moves and stays finite."""
+    """Lightning's bf16-mixed plugin wraps the training steps in CPU autocast; the fp32 decoder still learns."""
     model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
     before = model.model.decoder.fc[0].weight.detach().clone()
+    seen: list[tuple[bool, torch.dtype, torch.dtype]] = []
+
+    def record(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if model.trainer.training:
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), output.dtype))
+
+    model.model.decoder.fc[0].register_forward_hook(record)
     engine = Engine(
         default_root_dir=tmp_path,
         logger=False,
         max_epochs=1,
-        precision=precision,
+        precision="bf16-mixed",
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     engine.fit(model=model, datamodule=datamodule)
+    assert len(seen) == 2  # 4 train images in batches of 2
+    # autocast on, in bf16, and the decoder's matmul ran in bf16 (the weights stay fp32)
+    assert seen == [(True, torch.bfloat16, torch.bfloat16)] * 2
     after = model.model.decoder.fc[0].weight.detach()
+    assert after.dtype == torch.float32
     assert torch.isfinite(after).all()
     assert not torch.equal(before, after)
 
