@@ -11,6 +11,7 @@ torch's own uint8 bicubic kernel is off by one grey level on about half of them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -88,7 +89,26 @@ def resize_like_pil(images: torch.Tensor, side: int, crop: bool) -> torch.Tensor
     """
     height, width = images.shape[-2], images.shape[-1]
     levels = torch.floor(images.float().clamp(0, 1) * TO_UINT8)
-    one = images.new_ones((), dtype=_weights_dtype(images))  # from the input: a traced graph keeps no constant
+    if _tracing():  # weights from the input's (symbolic) shape, in float32 (OpenVINO has no float64)
+        rows, columns = _resampling_pair(height, width, side, crop, images.new_ones(()))
+    elif (height, width) == (side, side):
+        return (levels / 255).to(images.dtype)  # both weight matrices are the identity: only the 8-bit rounding
+    else:  # float64 weights, as PIL computes them; once per image size
+        work = torch.float32 if images.device.type == "mps" else torch.float64
+        rows, columns = _cached_resampling_pair(height, width, side, crop, images.device, work)
+    levels = _resample(levels.unsqueeze(-3) @ columns.transpose(-1, -2))  # horizontal pass first, as PIL
+    levels = _resample(rows @ levels.unsqueeze(-3))
+    return (levels / 255).to(images.dtype)
+
+
+def _resampling_pair(
+    height: int, width: int, side: int, crop: bool, one: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column weights; ``one`` (a 0-d tensor) gives dtype and device, and keeps a trace symbolic.
+
+    In float32 a weight that lies within ~1e-7 of a rounding step of PIL's fixed point may round the
+    other way; the pixel sums are exact in both dtypes.
+    """
     height_t, width_t = one * height, one * width
     if crop:
         short = torch.minimum(height_t, width_t)
@@ -97,19 +117,19 @@ def resize_like_pil(images: torch.Tensor, side: int, crop: bool) -> torch.Tensor
         resized_h = resized_w = one * side
     rows = _resampling_weights(height, resized_h, _centre_offset(resized_h, side), side)
     columns = _resampling_weights(width, resized_w, _centre_offset(resized_w, side), side)
-    levels = _resample(levels.unsqueeze(-3) @ columns.transpose(-1, -2))  # horizontal pass first, as PIL
-    levels = _resample(rows @ levels.unsqueeze(-3))
-    return (levels / 255).to(images.dtype)
+    return rows, columns
 
 
-def _weights_dtype(images: torch.Tensor) -> torch.dtype:
-    """float64 for the weights, as PIL computes them; float32 in exported graphs (OpenVINO has no float64).
+@functools.lru_cache(maxsize=32)
+def _cached_resampling_pair(
+    height: int, width: int, side: int, crop: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager weights per image size: a dataset of one camera computes them once."""
+    return _resampling_pair(height, width, side, crop, torch.ones((), dtype=dtype, device=device))
 
-    In float32 a weight that lies within ~1e-7 of a rounding boundary of PIL's fixed point may round
-    the other way; the pixel sums are exact in both.
-    """
-    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    return torch.float32 if exporting or images.device.type == "mps" else torch.float64
+
+def _tracing() -> bool:
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 class ClipResize(Resize):
