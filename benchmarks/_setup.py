@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from anomalib_agpt.presets import PresetSizes
-    from anomalib_agpt.torch_model import AnomalyGPTModel
+    from anomalib_agpt.model.presets import PresetSizes
+    from anomalib_agpt.model.torch_model import AnomalyGPTModel
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "anomalygpt_reference"
@@ -37,7 +37,7 @@ def fixture_weights() -> dict:
 
 def random_llm_weights(folder: Path, hidden: int, layers: int, heads: int, mlp: int, seed: int = 0) -> dict:
     """The reference set's ImageBind and decoder with a random LLaMA of the given size and its deltas."""
-    from anomalib_agpt.presets import (
+    from anomalib_agpt.model.presets import (
         LlamaSizes,
         random_pandagpt_delta,
         random_prompt_learner_delta,
@@ -66,7 +66,7 @@ VISION_SIZES = {"small": (768, 12, 12), "huge": (1280, 32, 16)}
 
 def vision_sizes(size: str) -> PresetSizes:
     """``PresetSizes`` of ``VISION_SIZES[size]`` (224 px, patch 14) with a tiny text tower (2 heads)."""
-    from anomalib_agpt.presets import PresetSizes
+    from anomalib_agpt.model.presets import PresetSizes
 
     width, layers, heads = VISION_SIZES[size]
     return PresetSizes(
@@ -82,8 +82,8 @@ def vision_sizes(size: str) -> PresetSizes:
 
 def random_sized_model(size: str, seed: int = 0) -> AnomalyGPTModel:
     """An ``AnomalyGPTModel``: random vision tower of ``VISION_SIZES[size]`` (224 px, patch 14), tiny text tower."""
-    from anomalib_agpt.presets import random_anomalygpt_delta, random_imagebind_state_dict
-    from anomalib_agpt.torch_model import AnomalyGPTModel
+    from anomalib_agpt.model.presets import random_anomalygpt_delta, random_imagebind_state_dict
+    from anomalib_agpt.model.torch_model import AnomalyGPTModel
 
     sizes = vision_sizes(size)
     model = AnomalyGPTModel.from_state_dicts(
@@ -101,7 +101,7 @@ def random_sized_weights(size: str, folder: Path, seed: int = 0) -> dict:
 
     For benchmarks of the Lightning module (export, pre-/post-processing), which loads from files.
     """
-    from anomalib_agpt.presets import random_anomalygpt_delta, random_imagebind_state_dict
+    from anomalib_agpt.model.presets import random_anomalygpt_delta, random_imagebind_state_dict
 
     sizes = vision_sizes(size)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 from _setup import VISION_SIZES, Timing, random_sized_model, round_robin, rounds_note, synchronizer
 from torch import nn
 
-from anomalib_agpt.anomaly_maps import few_shot_similarity
+from anomalib_agpt.model.anomaly_maps import few_shot_similarity
 
 
 class EncoderCalls:

@@ -21,7 +21,7 @@ from _setup import FIXTURES
 
 CHILD = """
 import json, re, sys, pathlib, psutil, torch
-from anomalib_agpt.llm_head import load_llm
+from anomalib_agpt.explanation.llm_head import load_llm
 load_llm(pathlib.Path(sys.argv[3]), torch.float32)  # warm-up: transformers imports its model code lazily
 before = psutil.Process().memory_info().rss
 model = load_llm(__import__('pathlib').Path(sys.argv[1]), getattr(torch, sys.argv[2]))
@@ -40,7 +40,7 @@ def load_cost(folder: Path, dtype: str) -> dict:
 
 def main() -> None:
     """Write the random LLM, load it twice, print the ratios."""
-    from anomalib_agpt.presets import LlamaSizes, write_random_llama
+    from anomalib_agpt.model.presets import LlamaSizes, write_random_llama
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hidden", type=int, default=1024)

@@ -39,8 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         print("note: MALLOC_MMAP_THRESHOLD_ is unset; Patchcore's coreset step may take much more memory")
+    from anomalib_agpt.apps.leaderboard import LeaderboardConfig, quiet, run_cell
     from anomalib_agpt.data import make_synthetic_mvtec
-    from anomalib_agpt.leaderboard import LeaderboardConfig, quiet, run_cell
 
     quiet()
     few_shot = f"AnomalyGPT-{args.k_shot}shot"

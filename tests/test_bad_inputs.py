@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.checkpoints import CheckpointError
-from anomalib_agpt.references import list_reference_images, load_reference_images
-from anomalib_agpt.torch_model import AnomalyGPTModel
+from anomalib_agpt.model.checkpoints import CheckpointError
+from anomalib_agpt.model.references import list_reference_images, load_reference_images
+from anomalib_agpt.model.torch_model import AnomalyGPTModel
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 
@@ -152,7 +152,7 @@ def test_empty_reference_folder_is_refused_before_any_work(tmp_path: Path, monke
     def forbidden(*_: Any) -> None:
         raise AssertionError("weights were loaded before the reference set was checked")
 
-    monkeypatch.setattr("anomalib_agpt.lightning_model.build_torch_model", forbidden)
+    monkeypatch.setattr("anomalib_agpt.model.lightning_model.build_torch_model", forbidden)
     with pytest.raises(ValueError, match=r"few_shot_source='.*' holds 0 image\(s\); k_shot=2 needs at least 2"):
         AnomalyGPT(preset="random-small", k_shot=2, few_shot_source=tmp_path)
     with pytest.raises(FileNotFoundError, match=r"few_shot_source='.*missing' is not a folder"):

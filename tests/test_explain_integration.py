@@ -15,8 +15,8 @@ from lightning.pytorch import Callback
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.callbacks import PredictionWriter
-from anomalib_agpt.conversation import is_anomalous_answer
 from anomalib_agpt.data import make_synthetic_mvtec
+from anomalib_agpt.explanation.conversation import is_anomalous_answer
 
 from .conftest import FIXTURES, PANDAGPT_DELTA, auroc_by_ranks
 
@@ -139,7 +139,7 @@ def test_export_from_an_explain_checkpoint_never_loads_the_llm(
     def forbidden(*_: Any, **__: Any) -> None:
         raise AssertionError("the LLM was loaded for export")
 
-    monkeypatch.setattr("anomalib_agpt.llm_head.LLMHead.from_spec", forbidden)
+    monkeypatch.setattr("anomalib_agpt.explanation.llm_head.LLMHead.from_spec", forbidden)
     restored = AnomalyGPT.load_from_checkpoint(fitted["checkpoint"])
     assert restored.explain
     assert restored.model.llm_head is None

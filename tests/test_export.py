@@ -20,7 +20,7 @@ from PIL import Image
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
-from anomalib_agpt.pre_processing import resize_like_pil
+from anomalib_agpt.model.pre_processing import resize_like_pil
 
 from .conftest import FIXTURES
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from anomalib.data.utils import read_image
 
-from anomalib_agpt.anomaly_maps import few_shot_similarity, zero_shot_logits
-from anomalib_agpt.encoder import tap_indices
-from anomalib_agpt.lightning_model import AnomalyGPT
-from anomalib_agpt.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
-from anomalib_agpt.torch_model import AnomalyGPTModel
+from anomalib_agpt.model.anomaly_maps import few_shot_similarity, zero_shot_logits
+from anomalib_agpt.model.encoder import tap_indices
+from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.model.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
+from anomalib_agpt.model.torch_model import AnomalyGPTModel
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND
 

@@ -18,7 +18,7 @@ import torch
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt import llm_head as llm_head_module
-from anomalib_agpt.llm_head import bitsandbytes_config, load_llm
+from anomalib_agpt.explanation.llm_head import bitsandbytes_config, load_llm
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
 
@@ -73,7 +73,7 @@ def test_sdpa_and_eager_give_the_same_answer(weights: dict[str, Any], expected: 
 
 def test_streamed_llm_takes_the_attention_implementation(tmp_path: Path) -> None:
     """``from_config`` defaults to eager, so the streaming loader must pass the choice on."""
-    from anomalib_agpt.presets import LlamaSizes, write_random_llama
+    from anomalib_agpt.model.presets import LlamaSizes, write_random_llama
 
     sizes = LlamaSizes(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, vocab_size=421)
     folder = write_random_llama(tmp_path / "llm", sizes, VICUNA, seed=0)
@@ -178,7 +178,7 @@ def test_quantized_head_wiring_passes_the_config_checks_the_device_and_keeps_the
     """
     checked: list[tuple[str, torch.device | None]] = []
     monkeypatch.setattr(llm_head_module, "check_quantization_support", lambda q, d=None: checked.append((q, d)))
-    monkeypatch.setattr("anomalib_agpt.lightning_model.check_quantization_support", lambda q, d=None: None)
+    monkeypatch.setattr("anomalib_agpt.model.lightning_model.check_quantization_support", lambda q, d=None: None)
     calls = recording_from_pretrained(monkeypatch)
     model = explainer(weights, llm_quantization="4bit")
     reference = expected["queries"][QUERY]
@@ -258,7 +258,7 @@ def test_bf16_encoder_gives_float32_maps_close_to_fp32(weights: dict[str, Any], 
 
 
 def test_auto_encoder_dtype_is_fp32_on_cpu(weights: dict[str, Any], expected: dict[str, Any]) -> None:
-    from anomalib_agpt.torch_model import resolve_encoder_dtype
+    from anomalib_agpt.model.torch_model import resolve_encoder_dtype
 
     assert resolve_encoder_dtype("auto", torch.device("cuda")) == torch.float16
     images = expected["queries"][QUERY]["pixel_values"]

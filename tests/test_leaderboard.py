@@ -147,7 +147,7 @@ def test_pretrained_backbone_only_when_it_can_load(monkeypatch: pytest.MonkeyPat
 
 def test_anomalygpt_notes_say_what_trains_and_explains(tmp_path: Path) -> None:
     """A cell's notes name the random preset, the trained parts and the explaining LLM."""
-    from anomalib_agpt.presets import write_tiny_llm
+    from anomalib_agpt.model.presets import write_tiny_llm
 
     llm = write_tiny_llm(tmp_path / "tiny_llm", 0)
     options = {"llm": str(llm), "explain": True, "trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]}

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from anomalib_agpt import leaderboard
-from anomalib_agpt.cli import main as cli_main
-from anomalib_agpt.metrics import is_grounded
+from anomalib_agpt.apps.cli import main as cli_main
+from anomalib_agpt.explanation.metrics import is_grounded
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.chat import AnomalyGPTChat
-from anomalib_agpt.checkpoints import CheckpointError
-from anomalib_agpt.conversation import default_question, is_anomalous_answer, multi_turn_prompt
+from anomalib_agpt.explanation.chat import AnomalyGPTChat
+from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
+from anomalib_agpt.model.checkpoints import CheckpointError
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
 
@@ -199,7 +199,7 @@ def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: d
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from anomalib_agpt.presets import LlamaSizes, write_random_llama
+    from anomalib_agpt.model.presets import LlamaSizes, write_random_llama
 
     sizes = LlamaSizes(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, vocab_size=421)
     return write_random_llama(tmp_path_factory.mktemp("llama") / "llm", sizes, VICUNA, seed=0)
@@ -209,7 +209,7 @@ def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_streamed_llm_equals_from_pretrained(random_llama: Path, dtype: torch.dtype) -> None:
     from transformers import AutoModelForCausalLM
 
-    from anomalib_agpt.llm_head import load_llm
+    from anomalib_agpt.explanation.llm_head import load_llm
 
     ours = load_llm(random_llama, dtype).state_dict()
     theirs = AutoModelForCausalLM.from_pretrained(random_llama, dtype=dtype).state_dict()
@@ -222,7 +222,7 @@ def test_streamed_llm_equals_from_pretrained(random_llama: Path, dtype: torch.dt
 def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp_path: Path) -> None:
     import json
 
-    from anomalib_agpt.llm_head import load_llm
+    from anomalib_agpt.explanation.llm_head import load_llm
 
     folder = tmp_path / "llm"
     shutil.copytree(random_llama, folder)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from anomalib_agpt.loss import dice_loss, focal_loss, pixel_loss
+from anomalib_agpt.training.loss import dice_loss, focal_loss, pixel_loss
 
 
 def test_focal_loss_by_hand() -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from anomalib.data import ImageBatch
 
-from anomalib_agpt.metrics import AnswerAccuracy, ExplanationGrounding, is_grounded, mask_cell, named_positions
+from anomalib_agpt.explanation.metrics import (
+    AnswerAccuracy,
+    ExplanationGrounding,
+    is_grounded,
+    mask_cell,
+    named_positions,
+)
 
 YES_TOP_LEFT = "Yes, there is an anomaly in the image, at the top left of the image."
 NO = "No, there is no anomaly in the image."

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.pre_processing import ClipResize
+from anomalib_agpt.model.pre_processing import ClipResize
 
 from .conftest import FIXTURES
 

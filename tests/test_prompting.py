@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomalib_agpt.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
+from anomalib_agpt.model.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
 
 
 def test_sentences_are_state_major_with_both_templates(meta: dict) -> None:

@@ -16,9 +16,9 @@ from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.conversation import default_question, multi_turn_prompt
-from anomalib_agpt.serve import ServeSession
-from anomalib_agpt.serve.handlers import DISPLAY_SIDE, SCORES_ONLY_MESSAGE
+from anomalib_agpt.apps.serve import ServeSession
+from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, SCORES_ONLY_MESSAGE
+from anomalib_agpt.explanation.conversation import default_question, multi_turn_prompt
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
 
@@ -183,7 +183,7 @@ def test_scores_only_mode_shows_map_and_says_explanations_need_an_llm(
 
 def test_chat_without_llm_rescores_from_the_kept_features(scores_only: ServeSession, weights: dict[str, Any]) -> None:
     """The chat extension the page builds on: scores-only chats, and a new map without encoding again."""
-    from anomalib_agpt.chat import AnomalyGPTChat
+    from anomalib_agpt.explanation.chat import AnomalyGPTChat
 
     model = scores_only.model
     model.model.set_class_name("bottle")
@@ -263,14 +263,14 @@ def test_an_unexpected_failure_is_a_message_and_the_session_keeps_serving(
 # --------------------------------------------------------------------------------------------
 def test_importing_the_package_and_the_serve_module_does_not_import_gradio() -> None:
     code = (
-        "import sys, anomalib_agpt, anomalib_agpt.serve, anomalib_agpt.serve.app, anomalib_agpt.cli; "
+        "import sys, anomalib_agpt, anomalib_agpt.apps.serve, anomalib_agpt.apps.serve.app, anomalib_agpt.apps.cli; "
         "assert 'gradio' not in sys.modules, 'gradio imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 def test_without_gradio_serve_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomalib_agpt.serve import app
+    from anomalib_agpt.apps.serve import app
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     with pytest.raises(SystemExit, match=r"pip install 'anomalib-agpt\[serve\]'"):
@@ -278,7 +278,7 @@ def test_without_gradio_serve_says_how_to_install_it(monkeypatch: pytest.MonkeyP
 
 
 def test_options_bind_to_loopback_by_default_and_state_the_risk(monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomalib_agpt.serve.app import HOST_HELP, is_loopback, parse_args
+    from anomalib_agpt.apps.serve.app import HOST_HELP, is_loopback, parse_args
 
     monkeypatch.setenv("ANOMALIB_AGPT_IMAGEBIND", "/weights/imagebind_huge.pth")
     args = parse_args([])
@@ -294,7 +294,7 @@ def test_options_bind_to_loopback_by_default_and_state_the_risk(monkeypatch: pyt
 
 
 def test_weights_without_llm_are_served_scores_only(weights: dict[str, Any], tmp_path: Path) -> None:
-    from anomalib_agpt.serve.models import ModelOptions, load_served_model
+    from anomalib_agpt.apps.serve.models import ModelOptions, load_served_model
 
     options = ModelOptions(**weights, examples=str(FIXTURES / "images"), class_name="bottle")
     served = load_served_model(options)
@@ -313,8 +313,8 @@ def test_a_trained_checkpoint_is_served_with_its_references_and_thresholds(
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
+    from anomalib_agpt.apps.serve.models import ModelOptions, load_served_model
     from anomalib_agpt.data import make_synthetic_mvtec
-    from anomalib_agpt.serve.models import ModelOptions, load_served_model
 
     root = make_synthetic_mvtec(
         tmp_path / "data", categories=("tablet",), num_train=1, num_test_good=1, num_test_defect=1

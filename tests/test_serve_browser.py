@@ -64,10 +64,10 @@ def free_port() -> int:
 
 
 def start_server(options: list[str], log: Path, timeout: float) -> tuple[subprocess.Popen, str]:
-    """``python -m anomalib_agpt.cli serve`` on a free loopback port; returns once the page answers."""
+    """``python -m anomalib_agpt.apps.cli serve`` on a free loopback port; returns once the page answers."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "anomalib_agpt.cli", "serve", *options, "--port", str(port)]
+    command = [sys.executable, "-m", "anomalib_agpt.apps.cli", "serve", *options, "--port", str(port)]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from anomalib_agpt.conversation import NORMAL_ANSWER
-from anomalib_agpt.synthesis import (
+from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
+from anomalib_agpt.training.synthesis import (
     SynthesisSettings,
     SyntheticPairs,
     SyntheticSample,

@@ -14,8 +14,8 @@ from lightning.pytorch import Callback, seed_everything
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
-from anomalib_agpt.synthesis import object_settings
-from anomalib_agpt.training import make_synthetic_batch, warmup_decay
+from anomalib_agpt.training.recipe import make_synthetic_batch, warmup_decay
+from anomalib_agpt.training.synthesis import object_settings
 
 from .conftest import FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 
@@ -275,7 +275,7 @@ def test_bf16_mixed_training_runs_the_steps_under_autocast_and_learns(
 
 def test_tied_llm_weights_stay_out_of_checkpoints(weights: dict[str, Any], tmp_path: Path) -> None:
     """An LLM with tied input/output embeddings (as SmolLM2) writes neither alias."""
-    from anomalib_agpt.presets import write_tiny_llm
+    from anomalib_agpt.model.presets import write_tiny_llm
 
     llm = write_tiny_llm(tmp_path / "llm", seed=0)
     model = AnomalyGPT(**weights, llm=str(llm), trainable=["decoder", "prompt_learner", "llama_proj"])

@@ -17,7 +17,7 @@ from anomalib.visualization import ImageVisualizer
 from anomalib.visualization.image.item_visualizer import visualize_image_item
 from PIL import Image, ImageDraw, ImageFont
 
-from ..conversation import is_anomalous_answer
+from anomalib_agpt.explanation.conversation import is_anomalous_answer
 
 if TYPE_CHECKING:
     from anomalib.data import ImageBatch, ImageItem, NumpyImageBatch, NumpyImageItem

@@ -238,7 +238,7 @@ def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
 def _default_categories(config: LeaderboardConfig) -> list[str]:
     """Every category of the dataset (the folder dataset has one, named after ``folder.name``)."""
     if config.dataset == "synthetic":
-        from .data import SYNTHETIC_CATEGORIES
+        from anomalib_agpt.data import SYNTHETIC_CATEGORIES
 
         return list(SYNTHETIC_CATEGORIES)
     if config.dataset == "folder":
@@ -291,7 +291,7 @@ def build_model(name: str, config: LeaderboardConfig, category: str, seed: int) 
 
 def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed: int, extra: dict) -> BuiltModel:
     """AnomalyGPT k-shot (set up in ``fit``) or full-shot (decoder trained on the normal images)."""
-    from .lightning_model import AnomalyGPT
+    from anomalib_agpt.model.lightning_model import AnomalyGPT
 
     explain = config.llm is not None
     if config.random_anomalygpt:
@@ -640,7 +640,7 @@ def run_leaderboard(config: LeaderboardConfig, title: str = "anomalib-agpt leade
     config.output.mkdir(parents=True, exist_ok=True)
     data_root = config.root
     if config.dataset == "synthetic":
-        from .data import make_synthetic_mvtec
+        from anomalib_agpt.data import make_synthetic_mvtec
 
         data_root = make_synthetic_mvtec(config.output / "data", categories=config.categories, **config.synthetic)
     results = config.output / "results.csv"

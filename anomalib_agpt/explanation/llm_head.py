@@ -20,10 +20,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import checkpoints as ckpt
-from .conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
-from .llm_loading import stream_safetensors_llm
-from .prompt_learner import PromptLearner
+from anomalib_agpt.explanation.conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
+from anomalib_agpt.explanation.llm_loading import stream_safetensors_llm
+from anomalib_agpt.explanation.prompt_learner import PromptLearner
+from anomalib_agpt.model import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from anomalib.data import InferenceBatch
 
-from .conversation import multi_turn_prompt
-from .lightning_model import AnomalyGPT
-from .references import read_image_checked
+from anomalib_agpt.explanation.conversation import multi_turn_prompt
+from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.model.references import read_image_checked
 
 
 class AnomalyGPTChat:

@@ -13,8 +13,10 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components.base import DynamicBufferMixin
 from torch.nn import functional as F  # noqa: N812
 
-from . import checkpoints as ckpt
-from .anomaly_maps import (
+from anomalib_agpt.explanation.conversation import default_question
+from anomalib_agpt.explanation.llm_head import LLMHead, LLMHeadSpec, check_choice
+from anomalib_agpt.model import checkpoints as ckpt
+from anomalib_agpt.model.anomaly_maps import (
     AnomalyDecoder,
     few_shot_map,
     few_shot_similarity,
@@ -22,10 +24,14 @@ from .anomaly_maps import (
     zero_shot_logits,
     zero_shot_map,
 )
-from .conversation import default_question
-from .encoder import NUM_TAPS, ImageBindTextEncoder, ImageBindVisionEncoder, VisionFeatures, build_encoders
-from .llm_head import LLMHead, LLMHeadSpec, check_choice
-from .prompting import DEFAULT_CLASS_NAME, prompt_sentences
+from anomalib_agpt.model.encoder import (
+    NUM_TAPS,
+    ImageBindTextEncoder,
+    ImageBindVisionEncoder,
+    VisionFeatures,
+    build_encoders,
+)
+from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, prompt_sentences
 
 logger = logging.getLogger(__name__)
 

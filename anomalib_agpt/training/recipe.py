@@ -13,14 +13,14 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 
-from . import checkpoints as ckpt
-from .anomaly_maps import few_shot_map, few_shot_similarity, normalise_memory
-from .checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
-from .conversation import NORMAL_ANSWER
-from .encoder import VisionFeatures
-from .pre_processing import CLIP_MEAN, CLIP_STD
-from .synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
-from .torch_model import AnomalyGPTModel
+from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
+from anomalib_agpt.model import checkpoints as ckpt
+from anomalib_agpt.model.anomaly_maps import few_shot_map, few_shot_similarity, normalise_memory
+from anomalib_agpt.model.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
+from anomalib_agpt.model.encoder import VisionFeatures
+from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
+from anomalib_agpt.model.torch_model import AnomalyGPTModel
+from anomalib_agpt.training.synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
 
 TrainablePart = Literal["decoder", "prompt_learner", "lora", "llama_proj", "llm"]
 SynthesisMode = Literal["auto", "object", "texture"]

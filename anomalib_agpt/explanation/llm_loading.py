@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError
+from anomalib_agpt.model.checkpoints import CheckpointError
 
 _SAFETENSORS_DTYPES = {
     "F16": torch.float16,

@@ -1,6 +1,6 @@
 """Request handlers of the web demo: an image (+ references, class name, question) in; map, mask, score, answer out.
 
-They sit on :class:`~anomalib_agpt.chat.AnomalyGPTChat` and need no web library, so the page's behaviour
+They sit on :class:`~anomalib_agpt.explanation.chat.AnomalyGPTChat` and need no web library, so the page's behaviour
 is tested without a browser. Every handler returns an :class:`Analysis`: bad input becomes its
 ``message`` (never an exception or a stack trace), so one bad request cannot take the server down.
 
@@ -32,11 +32,11 @@ from anomalib.visualization.image.functional import (
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F  # noqa: N812
 
-from ..chat import AnomalyGPTChat
-from ..conversation import default_question
-from ..lightning_model import AnomalyGPT
-from ..prompting import DEFAULT_CLASS_NAME, category_to_class_name
-from ..references import load_reference_images, read_image_checked
+from anomalib_agpt.explanation.chat import AnomalyGPTChat
+from anomalib_agpt.explanation.conversation import default_question
+from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
+from anomalib_agpt.model.references import load_reference_images, read_image_checked
 
 logger = logging.getLogger(__name__)
 

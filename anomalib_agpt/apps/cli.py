@@ -20,17 +20,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch ``demo``, ``leaderboard`` and ``serve`` to their modules and everything else to anomalib's CLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "demo":
-        from .demo import main as demo_main
+        from anomalib_agpt.apps.demo import main as demo_main
 
         demo_main(args[1:])
         return
     if args and args[0] == "leaderboard":
-        from .leaderboard import main as leaderboard_main
+        from anomalib_agpt.apps.leaderboard import main as leaderboard_main
 
         leaderboard_main(args[1:])
         return
     if args and args[0] == "serve":
-        from .serve.app import main as serve_main
+        from anomalib_agpt.apps.serve.app import main as serve_main
 
         serve_main(args[1:])
         return

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError
+from anomalib_agpt.model.checkpoints import CheckpointError
 
 
 def _conv_shapes(state: Mapping[str, torch.Tensor], source: Path | str) -> list[tuple[int, int, int]]:

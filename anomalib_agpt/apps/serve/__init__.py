@@ -5,6 +5,6 @@ the served model (weights, a trained checkpoint or the demo preset) and ``app`` 
 the command line. Importing this package does not import Gradio.
 """
 
-from .handlers import Analysis, BadInputError, ServeSession
+from anomalib_agpt.apps.serve.handlers import Analysis, BadInputError, ServeSession
 
 __all__ = ["Analysis", "BadInputError", "ServeSession"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from anomalib.data.utils.image import is_image_file
 
-from ..lightning_model import AnomalyGPT
+from anomalib_agpt.model.lightning_model import AnomalyGPT
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def demo_preset(options: ModelOptions) -> ServedModel:
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
-    from ..data import make_synthetic_mvtec
-    from ..demo import demo_llm
+    from anomalib_agpt.apps.demo import demo_llm
+    from anomalib_agpt.data import make_synthetic_mvtec
 
     demo_dir = options.demo_dir.expanduser().resolve()
     root = make_synthetic_mvtec(

@@ -2,7 +2,7 @@
 
 Upload or pick an image (and, optionally, normal reference images for few-shot), see the anomaly
 heatmap, the predicted mask, the score and the model's answer, and ask follow-up questions. The page
-only wires Gradio components to :class:`~anomalib_agpt.serve.handlers.ServeSession`; all behaviour
+only wires Gradio components to :class:`~anomalib_agpt.apps.serve.handlers.ServeSession`; all behaviour
 lives there. Nothing is fetched from the network: analytics are off and the theme uses system fonts.
 """
 
@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .handlers import DEFAULT_MAX_IMAGE_PIXELS, Analysis, ServeSession
+from anomalib_agpt.apps.serve.handlers import DEFAULT_MAX_IMAGE_PIXELS, Analysis, ServeSession
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from .models import ServedModel
+    from anomalib_agpt.apps.serve.models import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ CSS = """
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works)."""
-    from ..leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
+    from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
 
     parser = argparse.ArgumentParser(
         prog="anomalib-agpt serve",
@@ -243,8 +243,8 @@ def main(argv: Sequence[str] = ()) -> None:
     args = parse_args(argv)
     gr = import_gradio()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from ..checkpoints import CheckpointError
-    from .models import ModelOptions, load_served_model
+    from anomalib_agpt.apps.serve.models import ModelOptions, load_served_model
+    from anomalib_agpt.model.checkpoints import CheckpointError
 
     options = ModelOptions(
         **{name: getattr(args, name) for name in ModelOptions.__dataclass_fields__ if hasattr(args, name)}

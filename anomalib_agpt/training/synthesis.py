@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anomalib_agpt.conversation import NORMAL_ANSWER
+from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
 
 __all__ = [
     "SynthesisSettings",

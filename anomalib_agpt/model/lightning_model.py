@@ -31,11 +31,9 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
 
-from .anomaly_maps import zero_shot_logits, zero_shot_probabilities
-from .callbacks import ExplanationVisualizer
-from .checkpoints import CheckpointError
-from .conversation import ConversationName, default_question, is_anomalous_answer
-from .llm_head import (
+from anomalib_agpt.callbacks import ExplanationVisualizer
+from anomalib_agpt.explanation.conversation import ConversationName, default_question, is_anomalous_answer
+from anomalib_agpt.explanation.llm_head import (
     AttnImplementation,
     LLMDtype,
     LLMHeadSpec,
@@ -43,14 +41,16 @@ from .llm_head import (
     check_llm_options,
     check_quantization_support,
 )
-from .loss import pixel_loss
-from .metrics import AnswerAccuracy, ExplanationGrounding
-from .pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
-from .presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
-from .prompting import category_to_class_name
-from .references import list_reference_images, load_reference_images
-from .torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, resolve_encoder_dtype
-from .training import (
+from anomalib_agpt.explanation.metrics import AnswerAccuracy, ExplanationGrounding
+from anomalib_agpt.model.anomaly_maps import zero_shot_logits, zero_shot_probabilities
+from anomalib_agpt.model.checkpoints import CheckpointError
+from anomalib_agpt.model.pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
+from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
+from anomalib_agpt.model.prompting import category_to_class_name
+from anomalib_agpt.model.references import list_reference_images, load_reference_images
+from anomalib_agpt.model.torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, resolve_encoder_dtype
+from anomalib_agpt.training.loss import pixel_loss
+from anomalib_agpt.training.recipe import (
     SynthesisMode,
     TrainablePart,
     epoch_seeded,
@@ -605,7 +605,7 @@ class AnomalyGPT(AnomalibModule):
     ) -> Path:
         """Export to ONNX (OpenVINO goes through here too), pre-processing included.
 
-        The graph resizes as evaluation does (:class:`~anomalib_agpt.pre_processing.ClipResize`),
+        The graph resizes as evaluation does (:class:`~anomalib_agpt.model.pre_processing.ClipResize`),
         computing the short-side resize and crop from the input's shape: without ``input_size`` one
         file takes any height and width in both resize modes. Exported at the opset the exporter
         writes natively, so no version conversion runs.

@@ -1,0 +1,1 @@
+"""Training on normal images: synthetic anomalies, pixel losses, what trains and its schedule."""
