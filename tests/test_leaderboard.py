@@ -89,7 +89,7 @@ def test_rerun_skips_finished_cells(run: tuple[Path, list[str]], monkeypatch: py
         built.append(name)
         return original(name, *args, **kwargs)
 
-    monkeypatch.setattr(leaderboard, "build_model", counting)
+    monkeypatch.setattr(leaderboard.cells, "build_model", counting)  # where a cell builds its model
     leaderboard.main(argv)
     assert built == ["NoSuchModel"]  # only the failed cell is retried
     after = _rows(output)
@@ -132,14 +132,14 @@ def test_pretrained_backbone_only_when_it_can_load(monkeypatch: pytest.MonkeyPat
         return "/cache/model.safetensors" if (repo, file) in cached else None
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache_lookup)
-    monkeypatch.setattr(leaderboard, "_online", lambda: True)
-    assert leaderboard._pretrained_backbone_available(backbone)
+    monkeypatch.setattr(leaderboard.models, "_online", lambda: True)
+    assert leaderboard.models._pretrained_backbone_available(backbone)
     assert not asked  # online: nothing to look up
-    monkeypatch.setattr(leaderboard, "_online", lambda: False)
-    assert leaderboard._pretrained_backbone_available(backbone)
+    monkeypatch.setattr(leaderboard.models, "_online", lambda: False)
+    assert leaderboard.models._pretrained_backbone_available(backbone)
     assert asked[0] == ("timm/resnet18.a1_in1k", "model.safetensors")
     cached.clear()
-    assert not leaderboard._pretrained_backbone_available(backbone)
+    assert not leaderboard.models._pretrained_backbone_available(backbone)
     assert leaderboard.build_model("Padim", leaderboard.LeaderboardConfig(), "weave", 0).notes.startswith(
         "random backbone"
     )

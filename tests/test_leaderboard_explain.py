@@ -81,7 +81,7 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[
     recorded: Recorded = ({}, {})
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(leaderboard.PANDAGPT_ENV, raising=False)
-        patch.setattr(leaderboard, "batch_timer", _spy_timer(output, recorded))
+        patch.setattr(leaderboard.cells, "batch_timer", _spy_timer(output, recorded))
         cli_main(
             [
                 "leaderboard",
