@@ -96,3 +96,17 @@ def test_torch_exports_pickled_by_0_1_load_and_score_as_today(weights: dict[str,
     old, new = exported(image), current(image)
     torch.testing.assert_close(old.anomaly_map, new.anomaly_map)
     torch.testing.assert_close(old.pred_score, new.pred_score)
+
+
+@pytest.mark.parametrize(
+    ("size", "crop", "region"),
+    [
+        ((300, 600), True, (0, 150, 300, 300)),  # resized 224x448, columns 112..336 -> 150..450 of 600
+        ((600, 300), True, (150, 0, 300, 300)),
+        ((100, 50), False, (0, 0, 100, 50)),
+    ],
+)
+def test_visible_region_is_the_crop_in_image_pixels(size: tuple[int, int], crop: bool, region: tuple) -> None:
+    from anomalib_agpt.model.pre_processing import visible_region
+
+    assert visible_region(*size, SIDE, crop) == region

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -42,23 +41,20 @@ from anomalib_agpt.explanation.llm_head import (
     check_quantization_support,
 )
 from anomalib_agpt.explanation.metrics import AnswerAccuracy, ExplanationGrounding
-from anomalib_agpt.model.anomaly_maps import zero_shot_logits, zero_shot_probabilities
 from anomalib_agpt.model.checkpoints import CheckpointError
 from anomalib_agpt.model.pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
 from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from anomalib_agpt.model.prompting import category_to_class_name
 from anomalib_agpt.model.references import list_reference_images, load_reference_images
-from anomalib_agpt.model.torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, resolve_encoder_dtype
-from anomalib_agpt.training.loss import pixel_loss
+from anomalib_agpt.model.torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, check_encoder_dtype
 from anomalib_agpt.training.recipe import (
     SynthesisMode,
     TrainablePart,
     epoch_seeded,
-    make_synthetic_batch,
-    rotation_reference_map,
     save_anomalygpt_delta,
     set_trainable,
     synthesis_settings,
+    training_losses,
     warmup_decay,
 )
 
@@ -232,6 +228,9 @@ class AnomalyGPT(AnomalibModule):
             (reference: a normal image of the batch in 4 rotations) instead of the zero-shot map.
         conversation: ``auto`` (the LLM's chat template if its tokenizer has one, else PandaGPT's),
             ``pandagpt`` (Vicuna v0, the released weights) or ``chat``.
+        untrained_head_parts: Head parts (``llama_proj``, ``prompt_learner``, ``lora``) that may start
+            from fresh random weights without training, e.g. to show the mechanics of an LLM the released
+            deltas do not fit. Parts in ``trainable`` may always start fresh. ``None``: none.
         pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
         post_processor: Post-processor, or ``True`` for anomalib's default.
         evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
@@ -276,6 +275,7 @@ class AnomalyGPT(AnomalibModule):
         lm_loss_weight: float = 1.0,
         few_shot_prompt_probability: float = 0.5,
         conversation: ConversationName = "auto",
+        untrained_head_parts: list[TrainablePart] | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -286,7 +286,7 @@ class AnomalyGPT(AnomalibModule):
             raise ValueError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
-        resolve_encoder_dtype(encoder_dtype, torch.device("cpu"))  # refuses an unknown value
+        check_encoder_dtype(encoder_dtype)  # before any weights load
         check_llm_options(attn_implementation, llm_quantization, merge_lora)
         if llm_quantization is not None:
             check_quantization_support(llm_quantization)  # before any weights load
@@ -296,7 +296,7 @@ class AnomalyGPT(AnomalibModule):
             "attn_implementation": attn_implementation,
             "llm_quantization": llm_quantization,
             "conversation": conversation,
-            "fresh_parts": tuple(trainable or ()),
+            "fresh_parts": (*(trainable or ()), *(untrained_head_parts or ())),
             "seed": seed,
         }
         spec = explanation_spec(llm, pandagpt_checkpoint, anomalygpt_checkpoint, explain, head_options)
@@ -400,27 +400,23 @@ class AnomalyGPT(AnomalibModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""
-        settings = synthesis_settings(self.synthesis, self.model.class_name)
-        synthetic = make_synthetic_batch(batch.image, batch.image_path, settings, self.seed, self.current_epoch)
-        size = tuple(synthetic.images.shape[-2:])
-        with torch.no_grad():
-            features = self.model.encode(synthetic.images)
-        logits = zero_shot_logits(self.model.decoder(features.patch_tokens), self.model.text_features)
-        probabilities = zero_shot_probabilities(logits, size)
-        pixel = pixel_loss(probabilities, synthetic.masks)
-        loss = self.loss_weights["pixel"] * pixel
-        self.log("train_pixel_loss", pixel, batch_size=synthetic.images.shape[0])
-        if any(part != "decoder" for part in self.trainable):
-            prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
-            rng = np.random.default_rng([self.seed, self.current_epoch, batch_idx])
-            if rng.random() < self.few_shot_prompt_probability:
-                prompt_map = rotation_reference_map(self.model, batch.image[0], features, size)
-            questions = [self.question or default_question(self.model.class_name or "object")] * len(synthetic.answers)
-            lm = self.model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
-            loss = loss + self.loss_weights["lm"] * lm
-            self.log("train_lm_loss", lm, batch_size=synthetic.images.shape[0])
-        self.log("train_loss", loss, prog_bar=True, batch_size=synthetic.images.shape[0])
-        return loss
+        trains_head = any(part != "decoder" for part in self.trainable)
+        question = self.question or default_question(self.model.class_name or "object")
+        losses = training_losses(
+            self.model,
+            batch.image,
+            batch.image_path,
+            synthesis_settings(self.synthesis, self.model.class_name),
+            (self.seed, self.current_epoch, batch_idx),
+            self.loss_weights,
+            head_question=question if trains_head else None,
+            few_shot_prompt_probability=self.few_shot_prompt_probability,
+        )
+        self.log("train_pixel_loss", losses.pixel, batch_size=losses.batch_size)
+        if losses.answer is not None:
+            self.log("train_lm_loss", losses.answer, batch_size=losses.batch_size)
+        self.log("train_loss", losses.total, prog_bar=True, batch_size=losses.batch_size)
+        return losses.total
 
     def save_anomalygpt_delta(self, path: str | Path) -> Path:
         """Write the decoder (and prompt learner) as an original-format AnomalyGPT delta."""

@@ -101,6 +101,21 @@ def resize_like_pil(images: torch.Tensor, side: int, crop: bool) -> torch.Tensor
     return (levels / 255).to(images.dtype)
 
 
+def visible_region(height: int, width: int, side: int, crop: bool) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the part of an image that the model sees, in the image's pixels.
+
+    The same resize and crop geometry as :func:`resize_like_pil` (for showing people the model's view).
+    """
+    if not crop:
+        return 0, 0, height, width
+    one = torch.ones((), dtype=torch.float64)
+    short = min(height, width)
+    resized_h, resized_w = one * (side * height // short), one * (side * width // short)
+    top = float(_centre_offset(resized_h, side)) * height / float(resized_h)
+    left = float(_centre_offset(resized_w, side)) * width / float(resized_w)
+    return round(top), round(left), round(side * height / float(resized_h)), round(side * width / float(resized_w))
+
+
 def _resampling_pair(
     height: int, width: int, side: int, crop: bool, one: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,14 @@ EncoderDtype = Literal["fp32", "fp16", "bf16", "auto"]
 _ENCODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def check_encoder_dtype(encoder_dtype: str) -> None:
+    """The one rule for ``encoder_dtype``'s values (also asked before any weights load)."""
+    check_choice("encoder_dtype", encoder_dtype, typing.get_args(EncoderDtype))
+
+
 def resolve_encoder_dtype(encoder_dtype: EncoderDtype, device: torch.device) -> torch.dtype:
     """``auto``: fp16 on CUDA (half the towers' memory, tensor cores), fp32 elsewhere (the reference's)."""
-    check_choice("encoder_dtype", encoder_dtype, ("fp32", "fp16", "bf16", "auto"))
+    check_encoder_dtype(encoder_dtype)
     if encoder_dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _ENCODER_DTYPES[encoder_dtype]
@@ -171,7 +177,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         ``fp16``/``bf16`` cast the towers' weights (half the memory); features are cast back to
         float32 before any map, so maps, scores and the reference memory stay float32.
         """
-        check_choice("encoder_dtype", dtype, ("fp32", "fp16", "bf16", "auto"))
+        check_encoder_dtype(dtype)
         self.encoder_dtype = dtype
         self.compile_encoder = bool(compile)
         self._compiled_encoder = None

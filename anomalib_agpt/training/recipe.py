@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,11 +15,18 @@ from torch.utils.data import DataLoader, Sampler
 
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
 from anomalib_agpt.model import checkpoints as ckpt
-from anomalib_agpt.model.anomaly_maps import few_shot_map, few_shot_similarity, normalise_memory
+from anomalib_agpt.model.anomaly_maps import (
+    few_shot_map,
+    few_shot_similarity,
+    normalise_memory,
+    zero_shot_logits,
+    zero_shot_probabilities,
+)
 from anomalib_agpt.model.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
 from anomalib_agpt.model.encoder import VisionFeatures
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
+from anomalib_agpt.training.loss import pixel_loss
 from anomalib_agpt.training.synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
 
 TrainablePart = Literal["decoder", "prompt_learner", "lora", "llama_proj", "llm"]
@@ -117,6 +124,53 @@ def rotation_reference_map(
     with torch.no_grad():
         memory = normalise_memory(model.encode(rotations).patch_tokens)
     return few_shot_map(few_shot_similarity(features.patch_tokens, memory), size)
+
+
+@dataclass
+class TrainingLosses:
+    """One training step's losses: the weighted total to optimise, and its parts to log."""
+
+    total: torch.Tensor
+    pixel: torch.Tensor
+    answer: torch.Tensor | None
+    batch_size: int
+
+
+def training_losses(
+    model: AnomalyGPTModel,
+    images: torch.Tensor,
+    paths: Sequence[str] | None,
+    settings: SynthesisSettings,
+    step: tuple[int, int, int],
+    weights: Mapping[str, float],
+    head_question: str | None = None,
+    few_shot_prompt_probability: float = 0.5,
+) -> TrainingLosses:
+    """Normal images and their synthetic twins -> focal + dice on every tap map (+ the answer loss).
+
+    ``step`` is (seed, epoch, batch index): the synthesis and the prompt map's choice are keyed on it.
+    ``head_question`` (the question the head answers) turns the answer loss on; the prompt learner then
+    sees the 1-shot map of a normal image of the batch in 4 rotations with ``few_shot_prompt_probability``,
+    else the zero-shot map, as the original trains.
+    """
+    seed, epoch, batch_idx = step
+    synthetic = make_synthetic_batch(images, paths, settings, seed, epoch)
+    size = tuple(synthetic.images.shape[-2:])
+    with torch.no_grad():
+        features = model.encode(synthetic.images)
+    logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features)
+    probabilities = zero_shot_probabilities(logits, size)
+    pixel = pixel_loss(probabilities, synthetic.masks)
+    total = weights["pixel"] * pixel
+    answer = None
+    if head_question is not None:
+        prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
+        if np.random.default_rng([seed, epoch, batch_idx]).random() < few_shot_prompt_probability:
+            prompt_map = rotation_reference_map(model, images[0], features, size)
+        questions = [head_question] * len(synthetic.answers)
+        answer = model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
+        total = total + weights["lm"] * answer
+    return TrainingLosses(total, pixel, answer, synthetic.images.shape[0])
 
 
 class EpochShuffleSampler(Sampler[int]):

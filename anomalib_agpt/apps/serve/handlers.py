@@ -34,7 +34,8 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.conversation import default_question
-from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.model.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
+from anomalib_agpt.model.pre_processing import visible_region
 from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.model.references import load_reference_images, read_image_checked
 
@@ -155,14 +156,10 @@ def read_upload(path: Path) -> torch.Tensor:
         raise BadInputError(str(error)) from error
 
 
-def model_view(image: torch.Tensor, resize_mode: str) -> torch.Tensor:
-    """The part of ``(3, H, W)`` the model sees: the centred square for ``crop``, everything for ``squash``."""
-    if resize_mode != "crop":
-        return image
-    height, width = image.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return image[:, top : top + side, left : left + side]
+def model_view(image: torch.Tensor, resize_mode: str, side: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
+    """The part of ``(3, H, W)`` the model sees (the pre-processing's own geometry), at the upload's resolution."""
+    top, left, height, width = visible_region(*image.shape[-2:], side, crop=resize_mode == "crop")
+    return image[:, top : top + height, left : left + width]
 
 
 def display_size(height: int, width: int, side: int = DISPLAY_SIDE) -> tuple[int, int]:

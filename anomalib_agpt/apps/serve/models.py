@@ -127,8 +127,7 @@ def demo_preset(options: ModelOptions) -> ServedModel:
         k_shot=DEMO_K_SHOT,
         class_name=DEMO_CATEGORY,
         llm=llm,
-        # Untrained head parts are only allowed for parts that train; nothing is trained here (validate only).
-        trainable=["llama_proj", "prompt_learner"],
+        untrained_head_parts=["llama_proj", "prompt_learner"],  # SmolLM2 has no released adapter
         max_new_tokens=options.max_new_tokens or DEMO_MAX_NEW_TOKENS,
     )
     datamodule = MVTecAD(root=root, category=DEMO_CATEGORY, eval_batch_size=8, num_workers=0)
