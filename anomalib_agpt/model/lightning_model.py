@@ -174,6 +174,20 @@ def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
 class AnomalyGPT(AnomalibModule):
     """AnomalyGPT (AAAI 2024): ImageBind-Huge patch features against text (zero-shot) or normal references.
 
+    The options are flat, as anomalib's CLI and configs expect (``--model.k_shot 4``), and come in
+    groups (the README's Options table and the configs list them so):
+
+    - weights: ``imagebind_checkpoint``, ``anomalygpt_checkpoint``, ``vision_heads``, ``text_heads``,
+      ``preset``, ``seed``;
+    - zero/few-shot: ``class_name``, ``k_shot``, ``few_shot_source``, ``few_shot_mode``, ``resize_mode``;
+    - explanation: ``llm``, ``pandagpt_checkpoint``, ``explain``, ``question``, ``max_new_tokens``,
+      ``label_source``, ``do_sample``, ``top_p``, ``temperature``, ``conversation``, ``untrained_head_parts``;
+    - inference speed: ``llm_dtype``, ``merge_lora``, ``attn_implementation``, ``llm_quantization``,
+      ``encoder_dtype``, ``compile_encoder``;
+    - training: ``trainable``, ``synthesis``, ``learning_rate``, ``weight_decay``, ``warmup_ratio``,
+      ``pixel_loss_weight``, ``lm_loss_weight``, ``few_shot_prompt_probability``;
+    - anomalib components: ``pre_processor``, ``post_processor``, ``evaluator``, ``visualizer``.
+
     Args:
         imagebind_checkpoint: Local path of ``imagebind_huge.pth`` (relative paths are also looked up
             in ``$ANOMALIB_AGPT_HOME``).
