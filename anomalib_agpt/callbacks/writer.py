@@ -57,6 +57,8 @@ def _batch_size(batch: Any) -> int:  # noqa: ANN401 - anomalib batches, numpy or
     return 0
 
 
+# Not Lightning's BasePredictionWriter: it writes in on_predict_batch_end, before anomalib's post-processor
+# callback may have normalised the batch, and never on test; this writer defers each batch by one (see below).
 class PredictionWriter(Callback):
     """Append one JSON line per image to ``<output_dir>/predictions.jsonl`` on test and predict.
 
