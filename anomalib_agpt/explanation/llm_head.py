@@ -487,8 +487,6 @@ class LLMHead(nn.Module):
         temperature: float = 1.0,
     ) -> list[list[int]]:
         """Generated ids per row, up to and including its stop ('##' or end of sequence)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
         if inputs_embeds.shape[1] + max_new_tokens > self.context_length:
             msg = (
                 f"the prompt takes {inputs_embeds.shape[1]} tokens and max_new_tokens={max_new_tokens}; together "
@@ -496,17 +494,17 @@ class LLMHead(nn.Module):
             )
             raise ValueError(msg)
         stop_id = self.stop_token_id if self.stop_token_id is not None else self.tokenizer.eos_token_id
-
-        class StopOnPiece(StoppingCriteria):
-            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-                return input_ids[:, -1] == stop_id
+        # transformers' own stop rule: a row ends at any of these ids ('##' for PandaGPT, the end tokens)
+        model_ends = self.llm.generation_config.eos_token_id
+        model_ends = model_ends if isinstance(model_ends, list) else [model_ends]
+        ends = sorted({stop_id, self.tokenizer.eos_token_id, *model_ends} - {None})
 
         sampling = {"do_sample": True, "top_p": top_p, "temperature": temperature} if do_sample else {}
         output = self.llm.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            stopping_criteria=StoppingCriteriaList([StopOnPiece()]),
+            eos_token_id=ends,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
             use_cache=True,
             **({"do_sample": False} | sampling),
