@@ -64,9 +64,9 @@ DEFAULT_IMAGE_SIZE = 224
 HEAD_PREFIX = "model.llm_head."
 EVALUATOR_PREFIX = "evaluator."
 ONNX_OPSET = 18  # torch.onnx (dynamo) writes 18; anomalib asks for 14, which needs a lossy down-conversion
-PRE_PROCESSOR_CONFIG = "anomalib_pre_processor_config"
+PRE_PROCESSOR_CONFIG = "anomalib_pre_processor_config"  # where anomalib keeps the transform spec
 # the ONNX optimiser logs one INFO line per pass and initialiser (hundreds per export)
-ONNX_PASS_LOGGERS = ("onnx_ir", "onnxscript")  # where anomalib keeps the transform spec
+ONNX_PASS_LOGGERS = ("onnx_ir", "onnxscript")
 Preset = Literal["random-small"]
 LabelSource = Literal["answer", "threshold"]
 
