@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from anomalib import LearningType
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
@@ -236,3 +237,17 @@ def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp
     )
     with pytest.raises(CheckpointError, match=rf"has model\.layers\.0\.mlp\.(?:{shapes})\."):
         load_llm(folder, torch.float32)
+
+
+def test_untrained_head_parts_start_fresh_without_training(weights: dict[str, Any]) -> None:
+    """Without the PandaGPT delta, named head parts may start untrained; nothing trains or needs gradients."""
+    with pytest.raises(ValueError, match="pandagpt_checkpoint"):
+        AnomalyGPT(**weights, llm=str(VICUNA), explain=True)
+    model = AnomalyGPT(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
+    assert model.learning_type == LearningType.ZERO_SHOT
+    assert model.trainer_arguments == {}
+    head = model.model.ensure_llm_head()
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+    again = AnomalyGPT(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
+    # fresh parts come from the head's seed: the same model twice
+    torch.testing.assert_close(again.model.ensure_llm_head().llama_proj.weight, head.llama_proj.weight)
