@@ -410,7 +410,10 @@ class AnomalyGPT(AnomalibModule):
         datamodule = self._datamodule()
         if datamodule is not None and hasattr(datamodule, "train_dataloader"):
             original = type(datamodule).train_dataloader.__get__(datamodule)
-            datamodule.train_dataloader = lambda: epoch_seeded(original(), self.seed)
+            trainer = self.trainer
+            datamodule.train_dataloader = lambda: epoch_seeded(
+                original(), self.seed, trainer.world_size, trainer.global_rank
+            )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""

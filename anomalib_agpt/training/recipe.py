@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
 from anomalib_agpt.model import checkpoints as ckpt
@@ -173,33 +173,17 @@ def training_losses(
     return TrainingLosses(total, pixel, answer, synthetic.images.shape[0])
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with ``(seed, epoch)``, so an epoch sees the same order whether or not the run was resumed.
+def epoch_seeded(loader: DataLoader, seed: int, replicas: int = 1, rank: int = 0) -> DataLoader:
+    """The same loader shuffled by ``(seed, epoch)``, so an epoch sees one order whether or not the run resumed.
 
-    Lightning calls ``set_epoch`` before each epoch, as for a ``DistributedSampler``.
+    torch's ``DistributedSampler`` draws each epoch's order from ``seed + epoch``; Lightning calls its
+    ``set_epoch`` before every epoch (also after a resume) and keeps it as it is under DDP, which is
+    why the replica count and rank are passed in.
     """
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's order."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.length
-
-
-def epoch_seeded(loader: DataLoader, seed: int) -> DataLoader:
-    """The same loader with an :class:`EpochShuffleSampler` instead of its random sampler."""
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,
-        sampler=EpochShuffleSampler(len(loader.dataset), seed),  # type: ignore[arg-type]
+        sampler=DistributedSampler(loader.dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed),
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
