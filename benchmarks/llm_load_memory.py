@@ -21,7 +21,7 @@ from _setup import FIXTURES
 
 CHILD = """
 import json, re, sys, pathlib, psutil, torch
-from anomalib_agpt.explanation.llm_head import load_llm
+from anomalib_agpt.explanation.llm_loading import load_llm
 load_llm(pathlib.Path(sys.argv[3]), torch.float32)  # warm-up: transformers imports its model code lazily
 before = psutil.Process().memory_info().rss
 model = load_llm(__import__('pathlib').Path(sys.argv[1]), getattr(torch, sys.argv[2]))

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt import llm_head as llm_head_module
-from anomalib_agpt.explanation.llm_head import bitsandbytes_config, load_llm
+from anomalib_agpt.explanation import llm_head as llm_head_module
+from anomalib_agpt.explanation.llm_loading import bitsandbytes_config, load_llm
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
 
@@ -179,6 +179,7 @@ def test_quantized_head_wiring_passes_the_config_checks_the_device_and_keeps_the
     checked: list[tuple[str, torch.device | None]] = []
     monkeypatch.setattr(llm_head_module, "check_quantization_support", lambda q, d=None: checked.append((q, d)))
     monkeypatch.setattr("anomalib_agpt.model.lightning_model.check_quantization_support", lambda q, d=None: None)
+    monkeypatch.setattr("anomalib_agpt.explanation.llm_loading.check_quantization_support", lambda q, d=None: None)
     calls = recording_from_pretrained(monkeypatch)
     model = explainer(weights, llm_quantization="4bit")
     reference = expected["queries"][QUERY]

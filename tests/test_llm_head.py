@@ -210,7 +210,7 @@ def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_streamed_llm_equals_from_pretrained(random_llama: Path, dtype: torch.dtype) -> None:
     from transformers import AutoModelForCausalLM
 
-    from anomalib_agpt.explanation.llm_head import load_llm
+    from anomalib_agpt.explanation.llm_loading import load_llm
 
     ours = load_llm(random_llama, dtype).state_dict()
     theirs = AutoModelForCausalLM.from_pretrained(random_llama, dtype=dtype).state_dict()
@@ -223,7 +223,7 @@ def test_streamed_llm_equals_from_pretrained(random_llama: Path, dtype: torch.dt
 def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp_path: Path) -> None:
     import json
 
-    from anomalib_agpt.explanation.llm_head import load_llm
+    from anomalib_agpt.explanation.llm_loading import load_llm
 
     folder = tmp_path / "llm"
     shutil.copytree(random_llama, folder)

@@ -1,89 +1,38 @@
 """AnomalyGPT's explanation head: image token + prompt-learner tokens -> LLM (+ PandaGPT LoRA) -> answer.
 
 The LLM is any LLaMA-family causal LM in a Hugging Face folder (Vicuna-7B v0 for the released
-weights). It is loaded directly in the requested dtype with ``low_cpu_mem_usage`` (no fp32 copy
-first), the PandaGPT LoRA goes on q/k/v/o through peft (optionally merged), and a batch of images
-is answered by one ``generate`` call with left padding and the KV cache. On CUDA the LLM may
-instead load 8-/4-bit quantised through bitsandbytes (the ``quant`` extra); its LoRA then stays unmerged.
+weights), loaded by ``llm_loading``; the PandaGPT LoRA goes on through ``lora`` (optionally merged;
+never into 8-/4-bit weights). A batch of images is answered by one ``generate`` call with left
+padding and the KV cache.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from anomalib_agpt.explanation.conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
-from anomalib_agpt.explanation.llm_loading import stream_safetensors_llm
+from anomalib_agpt.explanation.llm_loading import (
+    AttnImplementation,
+    LLMDtype,
+    LLMQuantization,
+    check_llm_options,
+    check_quantization_support,
+    load_llm,
+    load_tokenizer,
+    resolve_dtype,
+)
+from anomalib_agpt.explanation.lora import attach_fresh_lora, attach_lora, merge_lora, split_pandagpt_delta
 from anomalib_agpt.explanation.prompt_learner import PromptLearner
 from anomalib_agpt.model import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
-
-LLMDtype = Literal["auto", "fp32", "fp16", "bf16"]
-AttnImplementation = Literal["sdpa", "eager"]
-LLMQuantization = Literal["8bit", "4bit"]
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-LLM_QUANTIZATIONS = (None, "8bit", "4bit")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_LORA_KEY = re.compile(
-    r"^llama_model\.base_model\.model\.(?P<module>model\.layers\.\d+\.self_attn\.[qkvo]_proj)"
-    r"\.(?P<part>lora_[AB])(?:\.default)?\.weight$",
-)
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
-    """``auto``: fp32 on CPU, bf16 on an accelerator."""
-    if llm_dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
-    if llm_dtype not in _DTYPES:
-        msg = f"llm_dtype='{llm_dtype}': expected one of auto, fp32, fp16, bf16."
-        raise ValueError(msg)
-    return _DTYPES[llm_dtype]
-
-
-def check_choice(option: str, value: object, allowed: Collection[object]) -> None:
-    """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
-    if value not in allowed:
-        msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
-        raise ValueError(msg)
-
-
-def check_llm_options(attn_implementation: str, llm_quantization: str | None, merge_lora: bool) -> None:
-    """Values and combinations of the LLM's inference options (nothing is loaded or probed)."""
-    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
-    check_choice("llm_quantization", llm_quantization, LLM_QUANTIZATIONS)
-    if llm_quantization is not None and merge_lora:
-        msg = (
-            f"merge_lora=True with llm_quantization='{llm_quantization}': the LoRA cannot be folded into "
-            "quantised weights (it would be rounded away); keep merge_lora=False (the LoRA runs beside them)."
-        )
-        raise ValueError(msg)
-
-
-def check_quantization_support(llm_quantization: str, device: torch.device | None = None) -> None:
-    """Refuse before anything loads: bitsandbytes quantises on CUDA only and is an optional extra."""
-    needs = []
-    if not torch.cuda.is_available():
-        needs.append("a CUDA GPU (none is available)")
-    elif device is not None and device.type != "cuda":
-        needs.append(f"the model on a CUDA device (it is on {device}; call model.to('cuda') first)")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        needs.append("the bitsandbytes package (pip install 'anomalib-agpt[quant]')")
-    if needs:
-        msg = (
-            f"llm_quantization='{llm_quantization}' loads the LLM through bitsandbytes, which needs "
-            f"{' and '.join(needs)}. Otherwise leave llm_quantization=None (llm_dtype='fp16'/'bf16' halves memory)."
-        )
-        raise RuntimeError(msg)
 
 
 @dataclass(frozen=True)
@@ -109,160 +58,6 @@ class LLMHeadSpec:
         check_llm_options(self.attn_implementation, self.llm_quantization, self.merge_lora)
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-def _gguf(path: Path) -> dict[str, str]:
-    """``from_pretrained`` arguments for a single ``.gguf`` file (needs the ``gguf`` package)."""
-    return {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-
-
-def load_tokenizer(folder: Path) -> object:
-    """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA).
-
-    ``folder`` may also be a ``.gguf`` file, whose tokenizer transformers reads with ``gguf``.
-    """
-    from transformers import AutoTokenizer
-
-    if folder.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(folder.parent, local_files_only=True, **_gguf(folder))
-    expected = "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)"
-    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
-        msg = f"llm: cannot load a tokenizer from '{folder}': it lacks {expected}."
-        raise ckpt.CheckpointError(msg)
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as error:
-        reason = " ".join(str(error).split())
-        msg = f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {reason}); it needs {expected}."
-        raise ckpt.CheckpointError(msg) from error
-
-
-def bitsandbytes_config(llm_quantization: LLMQuantization, dtype: torch.dtype) -> object:
-    """The ``BitsAndBytesConfig``: LLM.int8 for ``8bit``, NF4 computing in ``dtype`` for ``4bit``."""
-    from transformers import BitsAndBytesConfig
-
-    if llm_quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-
-
-def load_llm(
-    folder: Path,
-    dtype: torch.dtype,
-    attn_implementation: AttnImplementation = "sdpa",
-    llm_quantization: LLMQuantization | None = None,
-    device: torch.device | None = None,
-) -> nn.Module:
-    """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors.
-
-    safetensors folders stream into place (about one copy of the weights in memory); folders with
-    ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``,
-    as does quantised loading (bitsandbytes quantises while placing the weights on ``device``).
-    """
-    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
-    extra: dict[str, Any] = {}
-    if llm_quantization is not None:
-        check_quantization_support(llm_quantization, device)
-        device = device or torch.device("cuda")
-        if device.type == "cuda":
-            place: int | str = device.index if device.index is not None else torch.cuda.current_device()
-        else:
-            place = str(device)
-        extra = {"quantization_config": bitsandbytes_config(llm_quantization, dtype), "device_map": {"": place}}
-    elif folder.is_dir() and any(folder.glob("*.safetensors")):
-        return stream_safetensors_llm(folder, dtype, attn_implementation).eval().requires_grad_(False)
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder.parent if folder.suffix == ".gguf" else folder,
-            dtype=dtype,
-            low_cpu_mem_usage=True,
-            local_files_only=True,
-            output_loading_info=True,
-            attn_implementation=attn_implementation,
-            **_gguf(folder),
-            **extra,
-        )
-    except Exception as error:
-        msg = f"llm: cannot load a causal LM from '{folder}': {type(error).__name__}: {error}"
-        raise ckpt.CheckpointError(msg) from error
-    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
-    if problems:
-        msg = f"llm: '{folder}' does not match its config: {problems}"
-        raise ckpt.CheckpointError(msg)
-    return model.eval().requires_grad_(False)
-
-
-def split_pandagpt_delta(
-    state: Mapping[str, torch.Tensor],
-    source: Path | str,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(llama_proj, lora)``: lora keys as ``model.layers.N.self_attn.X_proj.lora_A.weight``."""
-    projection = {k.removeprefix("llama_proj."): v for k, v in state.items() if k.startswith("llama_proj.")}
-    lora, unknown = {}, []
-    for key, value in state.items():
-        if key.startswith("llama_proj."):
-            continue
-        match = _LORA_KEY.match(key)
-        if match is None:
-            unknown.append(key)
-        else:
-            lora[f"{match['module']}.{match['part']}.weight"] = value
-    if unknown:
-        msg = f"PandaGPT delta '{source}' has unexpected keys: {ckpt._keys(unknown)}"
-        raise ckpt.CheckpointError(msg)
-    if set(projection) != {"weight", "bias"} or not lora:
-        msg = f"PandaGPT delta '{source}' needs llama_proj.weight, llama_proj.bias and LoRA weights."
-        raise ckpt.CheckpointError(msg)
-    return projection, lora
-
-
-def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, source: Path | str) -> None:
-    """Put the PandaGPT LoRA on q/k/v/o of every layer with peft and load it strictly."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    ranks = {v.shape[0] for k, v in lora.items() if ".lora_A." in k}
-    if len(ranks) != 1:
-        msg = f"PandaGPT delta '{source}': LoRA ranks differ between layers: {sorted(ranks)}"
-        raise ckpt.CheckpointError(msg)
-    rank = ranks.pop()
-    hidden = llm.get_input_embeddings().weight.shape[1]
-    some_a = next(v for k, v in lora.items() if ".lora_A." in k)
-    if some_a.shape[1] != hidden:
-        msg = f"PandaGPT delta '{source}' holds LoRA for hidden size {some_a.shape[1]}; the LLM's is {hidden}."
-        raise ckpt.CheckpointError(msg)
-    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-    inject_adapter_in_model(config, llm)
-    own = {k.replace(".default.", "."): k for k in llm.state_dict() if ".lora_" in k}
-    missing, unexpected = set(own) - set(lora), set(lora) - set(own)
-    if missing or unexpected:
-        msg = (
-            f"PandaGPT delta '{source}' does not match the LLM's layers: missing {ckpt._keys(missing)}; "
-            f"unexpected {ckpt._keys(unexpected)}"
-        )
-        raise ckpt.CheckpointError(msg)
-    parameters = dict(llm.named_parameters())
-    with torch.no_grad():
-        for key, value in lora.items():
-            target = parameters[own[key]]
-            if target.shape != value.shape:
-                msg = f"PandaGPT delta '{source}': {key} is {tuple(value.shape)}, the LLM needs {tuple(target.shape)}"
-                raise ckpt.CheckpointError(msg)
-            target.copy_(value)
-    llm.requires_grad_(False)
-
-
-def attach_fresh_lora(llm: nn.Module, rank: int, scale: float) -> None:
-    """A new LoRA on q/k/v/o (B = 0, so the LLM starts unchanged) for training a small LLM."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-    inject_adapter_in_model(config, llm)
-    llm.requires_grad_(False)
-
-
 def _prompt_learner(
     spec: LLMHeadSpec,
     prompt_state: Mapping[str, torch.Tensor],
@@ -286,15 +81,6 @@ def _prompt_learner(
         "Train a new prompt learner (trainable includes 'prompt_learner') for another LLM."
     )
     raise ckpt.CheckpointError(msg)
-
-
-def merge_lora(llm: nn.Module) -> None:
-    """Fold the LoRA into the base weights (faster inference; rounds in the LLM's dtype)."""
-    from peft.tuners.lora import LoraLayer
-
-    for module in llm.modules():
-        if isinstance(module, LoraLayer):
-            module.merge()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,24 +1,36 @@
-"""Load a causal LM in the requested dtype adding about one copy of its weights to memory.
+"""Load the LLM and its tokenizer from a local folder, straight in the requested dtype, and check its options.
 
+safetensors folders stream into place, adding about one copy of the weights to memory:
 ``from_pretrained`` maps the safetensors file and copies out of the mapping, so the mapped pages
 and the parameters are both resident at the peak (about twice the file). Here the model is built
 without initialising its weights, and each tensor is read from the file straight into its
 parameter with ordinary reads (the page cache is not the process's memory); a dtype change goes
-through one tensor-sized buffer. Folders with only ``pytorch_model*.bin`` use ``from_pretrained``.
+through one tensor-sized buffer. Folders with only ``pytorch_model*.bin``, ``.gguf`` files and
+8-/4-bit loading (bitsandbytes, CUDA only) go through ``from_pretrained``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import CheckpointError
+
+LLMDtype = Literal["auto", "fp32", "fp16", "bf16"]
+AttnImplementation = Literal["sdpa", "eager"]
+LLMQuantization = Literal["8bit", "4bit"]
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+LLM_QUANTIZATIONS = (None, "8bit", "4bit")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 _SAFETENSORS_DTYPES = {
     "F16": torch.float16,
@@ -110,3 +122,132 @@ def stream_safetensors_llm(folder: Path, dtype: torch.dtype, attn_implementation
         raise CheckpointError(msg)
     model.tie_weights()
     return model
+
+
+def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU, bf16 on an accelerator."""
+    if llm_dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if llm_dtype not in _DTYPES:
+        msg = f"llm_dtype='{llm_dtype}': expected one of auto, fp32, fp16, bf16."
+        raise ValueError(msg)
+    return _DTYPES[llm_dtype]
+
+
+def check_choice(option: str, value: object, allowed: Collection[object]) -> None:
+    """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
+    if value not in allowed:
+        msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
+        raise ValueError(msg)
+
+
+def check_llm_options(attn_implementation: str, llm_quantization: str | None, merge_lora: bool) -> None:
+    """Values and combinations of the LLM's inference options (nothing is loaded or probed)."""
+    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    check_choice("llm_quantization", llm_quantization, LLM_QUANTIZATIONS)
+    if llm_quantization is not None and merge_lora:
+        msg = (
+            f"merge_lora=True with llm_quantization='{llm_quantization}': the LoRA cannot be folded into "
+            "quantised weights (it would be rounded away); keep merge_lora=False (the LoRA runs beside them)."
+        )
+        raise ValueError(msg)
+
+
+def check_quantization_support(llm_quantization: str, device: torch.device | None = None) -> None:
+    """Refuse before anything loads: bitsandbytes quantises on CUDA only and is an optional extra."""
+    needs = []
+    if not torch.cuda.is_available():
+        needs.append("a CUDA GPU (none is available)")
+    elif device is not None and device.type != "cuda":
+        needs.append(f"the model on a CUDA device (it is on {device}; call model.to('cuda') first)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        needs.append("the bitsandbytes package (pip install 'anomalib-agpt[quant]')")
+    if needs:
+        msg = (
+            f"llm_quantization='{llm_quantization}' loads the LLM through bitsandbytes, which needs "
+            f"{' and '.join(needs)}. Otherwise leave llm_quantization=None (llm_dtype='fp16'/'bf16' halves memory)."
+        )
+        raise RuntimeError(msg)
+
+
+def _gguf(path: Path) -> dict[str, str]:
+    """``from_pretrained`` arguments for a single ``.gguf`` file (needs the ``gguf`` package)."""
+    return {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+
+
+def load_tokenizer(folder: Path) -> object:
+    """The LLM folder's tokenizer through ``AutoTokenizer`` (sentencepiece + protobuf for LLaMA).
+
+    ``folder`` may also be a ``.gguf`` file, whose tokenizer transformers reads with ``gguf``.
+    """
+    from transformers import AutoTokenizer
+
+    if folder.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(folder.parent, local_files_only=True, **_gguf(folder))
+    expected = "the LLM's tokenizer files (tokenizer.model or tokenizer.json, with tokenizer_config.json)"
+    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+        msg = f"llm: cannot load a tokenizer from '{folder}': it lacks {expected}."
+        raise ckpt.CheckpointError(msg)
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as error:
+        reason = " ".join(str(error).split())
+        msg = f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {reason}); it needs {expected}."
+        raise ckpt.CheckpointError(msg) from error
+
+
+def bitsandbytes_config(llm_quantization: LLMQuantization, dtype: torch.dtype) -> object:
+    """The ``BitsAndBytesConfig``: LLM.int8 for ``8bit``, NF4 computing in ``dtype`` for ``4bit``."""
+    from transformers import BitsAndBytesConfig
+
+    if llm_quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_llm(
+    folder: Path,
+    dtype: torch.dtype,
+    attn_implementation: AttnImplementation = "sdpa",
+    llm_quantization: LLMQuantization | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
+    """A causal LM straight in ``dtype``; missing or mis-shaped weights are errors.
+
+    safetensors folders stream into place (about one copy of the weights in memory); folders with
+    ``pytorch_model*.bin`` only (e.g. a FastChat-merged Vicuna v0) go through ``from_pretrained``,
+    as does quantised loading (bitsandbytes quantises while placing the weights on ``device``).
+    """
+    check_choice("attn_implementation", attn_implementation, ATTN_IMPLEMENTATIONS)
+    extra: dict[str, Any] = {}
+    if llm_quantization is not None:
+        check_quantization_support(llm_quantization, device)
+        device = device or torch.device("cuda")
+        if device.type == "cuda":
+            place: int | str = device.index if device.index is not None else torch.cuda.current_device()
+        else:
+            place = str(device)
+        extra = {"quantization_config": bitsandbytes_config(llm_quantization, dtype), "device_map": {"": place}}
+    elif folder.is_dir() and any(folder.glob("*.safetensors")):
+        return stream_safetensors_llm(folder, dtype, attn_implementation).eval().requires_grad_(False)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder.parent if folder.suffix == ".gguf" else folder,
+            dtype=dtype,
+            low_cpu_mem_usage=True,
+            local_files_only=True,
+            output_loading_info=True,
+            attn_implementation=attn_implementation,
+            **_gguf(folder),
+            **extra,
+        )
+    except Exception as error:
+        msg = f"llm: cannot load a causal LM from '{folder}': {type(error).__name__}: {error}"
+        raise ckpt.CheckpointError(msg) from error
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        msg = f"llm: '{folder}' does not match its config: {problems}"
+        raise ckpt.CheckpointError(msg)
+    return model.eval().requires_grad_(False)

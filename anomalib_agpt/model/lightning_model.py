@@ -32,10 +32,10 @@ from torch import nn
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
 from anomalib_agpt.explanation.conversation import ConversationName, default_question, is_anomalous_answer
-from anomalib_agpt.explanation.llm_head import (
+from anomalib_agpt.explanation.llm_head import LLMHeadSpec
+from anomalib_agpt.explanation.llm_loading import (
     AttnImplementation,
     LLMDtype,
-    LLMHeadSpec,
     LLMQuantization,
     check_llm_options,
     check_quantization_support,
