@@ -145,12 +145,12 @@ def test_mask_exactly_covers_the_drawn_defect(category: str, size: int) -> None:
 
     Nothing outside the mask may change, and almost every masked pixel must change.
     """
-    from anomalib_agpt.data import synthetic
+    from anomalib_agpt.data import scenes
 
     for k, defect in enumerate(DEFECT_TYPES[category]):
         for index in range(5):
-            image, mask = synthetic._render_sample(category, 2 + k, index, 0, size, defect)
-            clean, no_mask = synthetic._render_sample(category, 2 + k, index, 0, size, None)
+            image, mask = scenes.render_sample(category, 2 + k, index, 0, size, defect)
+            clean, no_mask = scenes.render_sample(category, 2 + k, index, 0, size, None)
             assert no_mask is None
             assert mask is not None
             changed = (image != clean).any(axis=2)
