@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
+from anomalib_agpt.errors import OptionError
+
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
@@ -90,7 +92,7 @@ class PredictionWriter(Callback):
         """Path of the JSON-lines file."""
         if self.output_dir is None:
             msg = "PredictionWriter has no output_dir yet: pass one, or call start(default_root_dir) first."
-            raise ValueError(msg)
+            raise OptionError(msg)
         return self.output_dir / PREDICTIONS_FILE
 
     def start(self, default_root_dir: str | Path | None = None) -> None:

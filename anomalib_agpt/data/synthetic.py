@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from anomalib_agpt.data.scenes import DEFECT_TYPES, SYNTHETIC_CATEGORIES, render_sample
+from anomalib_agpt.errors import OptionError, OptionTypeError, OutputExistsError
 
 __all__ = ["DEFECT_TYPES", "SYNTHETIC_CATEGORIES", "make_synthetic_mvtec"]
 
@@ -52,10 +53,10 @@ def _check_count(name: str, value: int) -> None:
     """Reject non-integer or negative sample counts early, with a clear message."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         msg = f"{name} must be an int, got {value!r} of type {type(value).__name__}"
-        raise TypeError(msg)
+        raise OptionTypeError(msg)
     if value < 0:
         msg = f"{name} must be >= 0, got {value}"
-        raise ValueError(msg)
+        raise OptionError(msg)
 
 
 def _validate(categories: Sequence[str] | str, counts: dict[str, int], image_size: int, seed: int) -> tuple[str, ...]:
@@ -65,17 +66,17 @@ def _validate(categories: Sequence[str] | str, counts: dict[str, int], image_siz
     cats = tuple(dict.fromkeys(categories))
     if not cats:
         msg = f"categories must name at least one of {SYNTHETIC_CATEGORIES}, got an empty list"
-        raise ValueError(msg)
+        raise OptionError(msg)
     unknown = [c for c in cats if c not in SYNTHETIC_CATEGORIES]
     if unknown:
         msg = f"Unknown synthetic category {unknown!r}; expected names from {SYNTHETIC_CATEGORIES}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     for name, value in counts.items():
         _check_count(name, value)
     _check_count("image_size", image_size)
     if image_size < _MIN_IMAGE_SIZE:
         msg = f"image_size must be >= {_MIN_IMAGE_SIZE}, got {image_size}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     _check_count("seed", seed)
     return cats
 
@@ -97,7 +98,7 @@ def _prepare_dir(category_dir: Path) -> None:
                 f"{category_dir} exists, is not empty and has no {_MARKER} marker; refusing to "
                 "overwrite what may be a real dataset. Use an empty root for synthetic data."
             )
-            raise FileExistsError(msg)
+            raise OutputExistsError(msg)
         for sub in ("train", "test", "ground_truth"):
             shutil.rmtree(category_dir / sub, ignore_errors=True)
     category_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from anomalib.data import InferenceBatch
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import multi_turn_prompt
 from anomalib_agpt.model.lightning_model import AnomalyGPT
 from anomalib_agpt.model.references import read_image_checked
@@ -53,7 +54,7 @@ class AnomalyGPTChat:
         """Answer ``question`` given the conversation so far, and remember the turn."""
         if not question.strip():
             msg = "the question is empty."
-            raise ValueError(msg)
+            raise OptionError(msg)
         torch_model = self.model.model
         prompt = multi_turn_prompt(self.history, question)
         with torch.no_grad():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
 from anomalib_agpt.explanation.llm_loading import (
     AttnImplementation,
@@ -143,7 +144,7 @@ class LLMHead(nn.Module):
             ckpt.load_strict(llama_proj, projection, f"PandaGPT delta '{pandagpt_path}' (llama_proj)")
         elif "llama_proj" not in spec.fresh_parts:
             msg = "llm without pandagpt_checkpoint: llama_proj must train (trainable includes 'llama_proj')."
-            raise ValueError(msg)
+            raise OptionError(msg)
         elif "lora" in spec.fresh_parts:
             attach_fresh_lora(llm, spec.lora_rank, spec.lora_scale)
         if spec.merge_lora:
@@ -183,7 +184,7 @@ class LLMHead(nn.Module):
         """Per image: ``before [image] middle [prompts] question + cue`` as embeddings."""
         if len(questions) != image_embedding.shape[0]:
             msg = f"got {len(questions)} questions for {image_embedding.shape[0]} images."
-            raise ValueError(msg)
+            raise OptionError(msg)
         dtype = self.llm.get_input_embeddings().weight.dtype
         image_tokens = self.llama_proj(image_embedding.to(dtype)).unsqueeze(1)
         prompts = self.prompt_learner(anomaly_map.to(dtype))
@@ -278,7 +279,7 @@ class LLMHead(nn.Module):
                 f"the prompt takes {inputs_embeds.shape[1]} tokens and max_new_tokens={max_new_tokens}; together "
                 f"they exceed the LLM's context of {self.context_length} tokens. Shorten the question or history."
             )
-            raise ValueError(msg)
+            raise OptionError(msg)
         stop_id = self.stop_token_id if self.stop_token_id is not None else self.tokenizer.eos_token_id
         # transformers' own stop rule: a row ends at any of these ids ('##' for PandaGPT, the end tokens)
         model_ends = self.llm.generation_config.eos_token_id

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from anomalib_agpt.errors import OptionError, SetupError
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import CheckpointError
 
@@ -130,7 +131,7 @@ def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     if llm_dtype not in _DTYPES:
         msg = f"llm_dtype='{llm_dtype}': expected one of auto, fp32, fp16, bf16."
-        raise ValueError(msg)
+        raise OptionError(msg)
     return _DTYPES[llm_dtype]
 
 
@@ -138,7 +139,7 @@ def check_choice(option: str, value: object, allowed: Collection[object]) -> Non
     """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
     if value not in allowed:
         msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
-        raise ValueError(msg)
+        raise OptionError(msg)
 
 
 def check_llm_options(attn_implementation: str, llm_quantization: str | None, merge_lora: bool) -> None:
@@ -150,7 +151,7 @@ def check_llm_options(attn_implementation: str, llm_quantization: str | None, me
             f"merge_lora=True with llm_quantization='{llm_quantization}': the LoRA cannot be folded into "
             "quantised weights (it would be rounded away); keep merge_lora=False (the LoRA runs beside them)."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
 
 
 def check_quantization_support(llm_quantization: str, device: torch.device | None = None) -> None:
@@ -167,7 +168,7 @@ def check_quantization_support(llm_quantization: str, device: torch.device | Non
             f"llm_quantization='{llm_quantization}' loads the LLM through bitsandbytes, which needs "
             f"{' and '.join(needs)}. Otherwise leave llm_quantization=None (llm_dtype='fp16'/'bf16' halves memory)."
         )
-        raise RuntimeError(msg)
+        raise SetupError(msg)
 
 
 def _gguf(path: Path) -> dict[str, str]:

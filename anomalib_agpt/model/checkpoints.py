@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anomalib_agpt.errors import CheckpointError, MissingFileError
+
 WEIGHTS_HOME_ENV = "ANOMALIB_AGPT_HOME"
 """Environment variable naming a folder where relative weight paths are looked up."""
 
 _MAX_LISTED_KEYS = 12
-
-
-class CheckpointError(ValueError):
-    """A weight file is unreadable, of the wrong kind, or does not match the model."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +53,7 @@ def resolve_weight_path(value: str | Path, option: str) -> Path:
         f"relative paths are also looked up in ${WEIGHTS_HOME_ENV} (now {weights_home()}). "
         "Nothing is downloaded."
     )
-    raise FileNotFoundError(msg)
+    raise MissingFileError(msg)
 
 
 def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:

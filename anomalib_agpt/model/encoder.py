@@ -20,6 +20,7 @@ from open_clip.transformer import LayerNorm, TextTransformer, VisionTransformer
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.model.checkpoints import CheckpointError, ImageBindSizes, load_strict
 
 LAYER_NORM_EPS = 1e-6
@@ -37,7 +38,7 @@ def tap_indices(num_layers: int, num_taps: int = NUM_TAPS) -> tuple[int, ...]:
 def _heads(width: int, heads: int, option: str) -> int:
     if heads < 1 or width % heads:
         msg = f"{option}={heads} does not divide the tower width {width}; pass a divisor of {width}."
-        raise ValueError(msg)
+        raise OptionError(msg)
     return heads
 
 

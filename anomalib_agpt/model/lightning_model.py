@@ -31,6 +31,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import ConversationName, default_question, is_anomalous_answer
 from anomalib_agpt.explanation.llm_head import LLMHeadSpec
 from anomalib_agpt.explanation.llm_loading import (
@@ -86,7 +87,7 @@ def build_torch_model(
     if preset is not None:
         if imagebind_checkpoint or anomalygpt_checkpoint:
             msg = "pass either preset or weight paths (imagebind_checkpoint, anomalygpt_checkpoint), not both."
-            raise ValueError(msg)
+            raise OptionError(msg)
         sizes = preset_sizes(preset)
         logger.warning("AnomalyGPT preset '%s': RANDOM weights; its numbers mean nothing for real data.", preset)
         return AnomalyGPTModel.from_state_dicts(
@@ -111,7 +112,7 @@ def build_torch_model(
             "<imagebind_huge.pth> and anomalygpt_checkpoint=<train_mvtec|train_visa|train_supervised/"
             "pytorch_model.pt> (local paths; see the README), or preset='random-small' for a random model."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     return AnomalyGPTModel.from_files(
         imagebind_checkpoint,
         anomalygpt_checkpoint,
@@ -146,7 +147,7 @@ def explanation_spec(
             f"explain=True needs {', '.join(missing)}: the LLM folder (Vicuna-7B v0), the PandaGPT delta and "
             "the AnomalyGPT delta (its prompt learner), unless those parts train. See the README's weights table."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if not llm:
         return None
     return LLMHeadSpec(
@@ -297,7 +298,7 @@ class AnomalyGPT(AnomalibModule):
     ) -> None:
         if k_shot < 0:
             msg = f"k_shot={k_shot}: expected 0 (zero-shot) or a positive number of reference images."
-            raise ValueError(msg)
+            raise OptionError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
         check_encoder_dtype(encoder_dtype)  # before any weights load
@@ -317,7 +318,7 @@ class AnomalyGPT(AnomalibModule):
         head_parts = [part for part in trainable or [] if part != "decoder"]
         if head_parts and spec is None:
             msg = f"trainable={trainable}: {head_parts} belong to the explanation head; pass llm (an LLM folder)."
-            raise ValueError(msg)
+            raise OptionError(msg)
         model = build_torch_model(
             imagebind_checkpoint,
             anomalygpt_checkpoint,
@@ -448,7 +449,7 @@ class AnomalyGPT(AnomalibModule):
         """CLIP pre-processing: bicubic resize (short side + centre crop, or squash) and CLIP mean/std."""
         if image_size and image_size[0] != image_size[1]:
             msg = f"image_size={image_size}: AnomalyGPT's encoder takes square inputs."
-            raise ValueError(msg)
+            raise OptionError(msg)
         return build_pre_processor(image_size[0] if image_size else DEFAULT_IMAGE_SIZE, resize_mode)
 
     def configure_post_processor(self) -> PostProcessor:
@@ -539,11 +540,11 @@ class AnomalyGPT(AnomalibModule):
                     f"k_shot={self.k_shot} needs normal reference images: pass few_shot_source=<folder>, use a "
                     "datamodule with a train set, or call model.model.set_references(images)."
                 )
-                raise ValueError(msg)
+                raise OptionError(msg)
             paths = sorted(train_data.samples.image_path)
             if len(paths) < self.k_shot:
                 msg = f"k_shot={self.k_shot} but the datamodule's train set holds {len(paths)} images."
-                raise ValueError(msg)
+                raise OptionError(msg)
             paths = paths[: self.k_shot]
         transform = self.pre_processor.transform if self.pre_processor is not None else None
         logger.info("AnomalyGPT: encoding %d reference images once: %s", len(paths), [str(p) for p in paths])

@@ -23,6 +23,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from anomalib_agpt.errors import OptionError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CUBIC_A = -0.5  # PIL's (and torch's antialiased) bicubic coefficient
@@ -226,6 +228,6 @@ def build_pre_processor(side: int, resize_mode: ResizeMode) -> PreProcessor:
     """``crop``: short side to ``side`` + centre crop (original evaluation); ``squash``: ``side x side``."""
     if resize_mode not in ("crop", "squash"):
         msg = f"resize_mode='{resize_mode}': expected 'crop' or 'squash'."
-        raise ValueError(msg)
+        raise OptionError(msg)
     resize = ClipResize(side, crop=resize_mode == "crop")
     return PreProcessor(transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from anomalib_agpt.errors import OptionError
+
 
 @dataclass(frozen=True)
 class PresetSizes:
@@ -47,7 +49,7 @@ def preset_sizes(name: str) -> PresetSizes:
     """Sizes of a named preset, or a ValueError listing the known names."""
     if name not in PRESETS:
         msg = f"preset='{name}' is unknown; expected one of {sorted(PRESETS)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return PRESETS[name]
 
 
@@ -184,7 +186,7 @@ def write_random_llama(folder: str | Path, sizes: LlamaSizes, tokenizer_folder: 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
     if len(tokenizer) != sizes.vocab_size:
         msg = f"vocab_size={sizes.vocab_size} but the tokenizer in '{tokenizer_folder}' has {len(tokenizer)} tokens."
-        raise ValueError(msg)
+        raise OptionError(msg)
     config = LlamaConfig(
         vocab_size=sizes.vocab_size,
         hidden_size=sizes.hidden_size,

@@ -9,17 +9,19 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.data.utils.image import is_image_file
 
+from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError
+
 
 def list_reference_images(folder: str | Path, k_shot: int) -> list[Path]:
     """The first ``k_shot`` image files of ``folder`` in sorted order; refuses a short or empty set."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         msg = f"few_shot_source='{folder}' is not a folder of normal reference images."
-        raise FileNotFoundError(msg)
+        raise MissingFileError(msg)
     images = sorted(path for path in folder.iterdir() if path.is_file() and is_image_file(path))
     if len(images) < k_shot:
         msg = f"few_shot_source='{folder}' holds {len(images)} image(s); k_shot={k_shot} needs at least {k_shot}."
-        raise ValueError(msg)
+        raise OptionError(msg)
     return images[:k_shot]
 
 
@@ -29,7 +31,7 @@ def read_image_checked(path: str | Path) -> torch.Tensor:
         return read_image(path, as_tensor=True)
     except Exception as error:
         msg = f"cannot read image '{path}': {error}"
-        raise ValueError(msg) from error
+        raise ImageReadError(msg) from error
 
 
 def load_reference_images(
@@ -39,12 +41,12 @@ def load_reference_images(
     """Read and pre-process reference images one by one (sizes may differ) -> ``(k, 3, S, S)``."""
     if not paths:
         msg = "the reference set is empty; few-shot needs at least one normal image."
-        raise ValueError(msg)
+        raise OptionError(msg)
     images = [read_image_checked(path) for path in paths]
     if transform is not None:
         images = [transform(image.unsqueeze(0))[0] for image in images]
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) > 1:
         msg = f"reference images have different sizes after pre-processing: {sorted(shapes)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return torch.stack(images)

@@ -14,6 +14,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components.base import DynamicBufferMixin
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import default_question
 from anomalib_agpt.explanation.llm_head import LLMHead, LLMHeadSpec
 from anomalib_agpt.explanation.llm_loading import check_choice
@@ -247,7 +248,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         """Set the few-shot memory from pre-processed ``(k, 3, S, S)`` normal images (encoded once)."""
         if images.ndim != 4 or images.shape[0] == 0:
             msg = f"set_references needs a non-empty (k, 3, H, W) batch of normal images, got {tuple(images.shape)}"
-            raise ValueError(msg)
+            raise OptionError(msg)
         features = self.encode(images.to(self.reference_memory.device))
         self.reference_memory = normalise_memory(features.patch_tokens).to(self.reference_memory.dtype)
 
@@ -291,7 +292,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         if self.llm_head is None:
             if self.llm_spec is None:
                 msg = "explanations need llm=<LLM folder> (and pandagpt_checkpoint for the released weights)."
-                raise ValueError(msg)
+                raise OptionError(msg)
             prompt_state: dict[str, torch.Tensor] = {}
             if self.llm_spec.anomalygpt_checkpoint is not None:
                 path = ckpt.resolve_weight_path(self.llm_spec.anomalygpt_checkpoint, "anomalygpt_checkpoint")
@@ -326,7 +327,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         questions = [question] * batch_size if isinstance(question, str) else list(question)
         if len(questions) != batch_size or any(not q.strip() for q in questions):
             msg = f"need one non-empty question per image ({batch_size}), got {questions!r}"
-            raise ValueError(msg)
+            raise OptionError(msg)
         return questions
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.anomaly_maps import (
@@ -46,7 +47,7 @@ def set_trainable(model: AnomalyGPTModel, parts: Sequence[TrainablePart]) -> Non
             continue
         if head is None:
             msg = f"trainable part '{part}' belongs to the explanation head: pass llm and pandagpt_checkpoint."
-            raise ValueError(msg)
+            raise OptionError(msg)
         if part == "prompt_learner":
             head.prompt_learner.requires_grad_(True)
         elif part == "llama_proj":
@@ -58,7 +59,7 @@ def set_trainable(model: AnomalyGPTModel, parts: Sequence[TrainablePart]) -> Non
                 parameter.requires_grad_(".lora_" in name)
         else:
             msg = f"trainable part '{part}' is unknown; expected decoder, prompt_learner, lora, llama_proj or llm."
-            raise ValueError(msg)
+            raise OptionError(msg)
 
 
 def synthesis_settings(mode: SynthesisMode, class_name: str | None) -> SynthesisSettings:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anomalib_agpt.errors import OptionError, OptionTypeError
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
 
 __all__ = [
@@ -67,7 +68,7 @@ def _third(fraction: float) -> int:
 def position_name(row: float, col: float, height: int, width: int) -> str:
     """Name the 3x3 cell of a point, in the words the LLM answers with (e.g. "top left", "center")."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive, got {height}x{width}")
+        raise OptionError(f"height and width must be positive, got {height}x{width}")
     return _ROWS[_third(row / height)][_third(col / width)]
 
 
@@ -112,18 +113,18 @@ class SynthesisSettings:
         """Reject settings that would silently produce empty or out-of-image patches."""
         low, high = self.width_bounds
         if not 0 < low <= high <= 1:
-            raise ValueError(f"width_bounds must satisfy 0 < low <= high <= 1, got {self.width_bounds}")
+            raise OptionError(f"width_bounds must satisfy 0 < low <= high <= 1, got {self.width_bounds}")
         low, high = self.resize_bounds
         if not 0 < low <= high:
-            raise ValueError(f"resize_bounds must satisfy 0 < low <= high, got {self.resize_bounds}")
+            raise OptionError(f"resize_bounds must satisfy 0 < low <= high, got {self.resize_bounds}")
         if not 0 <= self.second_patch_probability <= 1:
-            raise ValueError(f"second_patch_probability must be in [0, 1], got {self.second_patch_probability}")
+            raise OptionError(f"second_patch_probability must be in [0, 1], got {self.second_patch_probability}")
         if self.skip_background is not None:
             intensity, tolerance = self.skip_background
             if not 0 <= intensity <= 255 or tolerance < 0:
-                raise ValueError(f"skip_background must be (0..255, >= 0), got {self.skip_background}")
+                raise OptionError(f"skip_background must be (0..255, >= 0), got {self.skip_background}")
         if self.logistic[0] <= 0:
-            raise ValueError(f"logistic k must be positive, got {self.logistic}")
+            raise OptionError(f"logistic k must be positive, got {self.logistic}")
 
 
 def texture_settings() -> SynthesisSettings:
@@ -160,9 +161,9 @@ def _check_image(image: torch.Tensor, name: str) -> None:
     """Fail early with a clear message instead of deep inside OpenCV."""
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{name} must be a (3, H, W) tensor, got {shape}")
+        raise OptionError(f"{name} must be a (3, H, W) tensor, got {shape}")
     if not image.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [0, 1], got {image.dtype}")
+        raise OptionTypeError(f"{name} must be a float tensor in [0, 1], got {image.dtype}")
 
 
 def _to_numpy(image: torch.Tensor) -> np.ndarray:
@@ -253,7 +254,7 @@ def synthesize(
     _check_image(source, "source")
     height, width = target.shape[1:]
     if min(height, width) < _MIN_PATCH + 2 * _MARGIN:
-        raise ValueError(f"target must be at least {_MIN_PATCH + 2 * _MARGIN} pixels a side, got {height}x{width}")
+        raise OptionError(f"target must be at least {_MIN_PATCH + 2 * _MARGIN} pixels a side, got {height}x{width}")
 
     target_rgb = _to_numpy(target)
     original = _to_bgr_uint8(target_rgb)
@@ -315,7 +316,7 @@ def _item_image(item: Any) -> torch.Tensor:  # noqa: ANN401 - any dataset item t
         return item["image"]
     image = getattr(item, "image", None)
     if image is None:
-        raise TypeError(f"dataset items must be tensors, mappings with 'image' or have .image, got {type(item)}")
+        raise OptionTypeError(f"dataset items must be tensors, mappings with 'image' or have .image, got {type(item)}")
     return image
 
 
@@ -344,7 +345,7 @@ class SyntheticPairs(Dataset):
         seed: int = 0,
     ) -> None:
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise OptionError(f"seed must be non-negative, got {seed}")
         self.dataset = dataset
         self.settings = settings
         self.seed = int(seed)
@@ -353,7 +354,7 @@ class SyntheticPairs(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Draw fresh anomalies for a new epoch (still reproducible per epoch)."""
         if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
+            raise OptionError(f"epoch must be non-negative, got {epoch}")
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -390,7 +391,7 @@ class SyntheticPairs(Dataset):
 def collate_pairs(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Batch ``SyntheticPairs`` items: images and masks stacked, text and centres kept as lists."""
     if not samples:
-        raise ValueError("cannot collate an empty batch")
+        raise OptionError("cannot collate an empty batch")
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]

@@ -13,6 +13,7 @@ from typing import Any
 
 from anomalib.data.utils.image import is_image_file
 
+from anomalib_agpt.errors import OptionError
 from anomalib_agpt.model.lightning_model import AnomalyGPT
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def load_served_model(options: ModelOptions) -> ServedModel:
                 "--llm/--pandagpt-checkpoint need a model: --checkpoint, or --imagebind-checkpoint and "
                 "--anomalygpt-checkpoint."
             )
-            raise ValueError(msg)
+            raise OptionError(msg)
         served = demo_preset(options)
     elif options.checkpoint:
         overrides = _given(options, "imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
@@ -155,7 +156,7 @@ def example_rows(folder: Path, class_name: str) -> list[list[str]]:
     """``[image, class name]`` rows for the page's examples: the first image files of ``folder``."""
     if not folder.is_dir():
         msg = f"--examples '{folder}' is not a folder of images."
-        raise ValueError(msg)
+        raise OptionError(msg)
     images = sorted(path for path in folder.rglob("*") if path.is_file() and is_image_file(path))
     return [[str(path), class_name] for path in images[:MAX_EXAMPLES]]
 
