@@ -1,17 +1,31 @@
 """The product's own errors: a user's mistake it recognised, with a message that says what to change.
 
-Commands print these as one ``error: <message>`` line (no traceback unless ``--verbose`` or
+``anomalib-agpt`` prints these as one ``error: <message>`` line (no traceback unless ``--verbose`` or
 ``ANOMALIB_AGPT_VERBOSE=1``); anything else is a bug and keeps its traceback. Each class also
 derives from the built-in error it refines, so ``except ValueError`` keeps catching it.
+
+Wrappers may lose the error object: jsonargparse turns a constructor's exception into the text of
+its "Does not validate against any of the Union subtypes" error. So the last error raised is
+remembered, and when a process is about to die of an exception whose text carries that message (the
+stock ``anomalib`` CLI), the message is printed once more after the traceback, as the last line.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from types import TracebackType
+
+_last: AnomalyGPTError | None = None
+_hook_installed = False
 
 
 class AnomalyGPTError(Exception):
     """A mistake in the user's input (option, file, image, data); the message names it and what was expected."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        _remember(self)
 
 
 class OptionError(AnomalyGPTError, ValueError):
@@ -55,3 +69,32 @@ def error_chain(error: BaseException) -> Iterator[BaseException]:
 def user_error(error: BaseException) -> AnomalyGPTError | None:
     """The product's own error inside ``error``'s chain (wrappers such as jsonargparse's included), if any."""
     return next((e for e in error_chain(error) if isinstance(e, AnomalyGPTError)), None)
+
+
+def last_raised_in(error: BaseException) -> AnomalyGPTError | None:
+    """The last product error created, if ``error``'s chain carries its message (it was wrapped as text)."""
+    if _last is None:
+        return None
+    message = str(_last)
+    return _last if any(message in str(e) for e in error_chain(error)) else None
+
+
+def find_user_error(error: BaseException) -> AnomalyGPTError | None:
+    """The product's error behind ``error``: in its chain, or wrapped into its text."""
+    return user_error(error) or last_raised_in(error)
+
+
+def _remember(error: AnomalyGPTError) -> None:
+    global _last, _hook_installed  # one record per process, as sys.excepthook itself
+    _last = error
+    if not _hook_installed:
+        _hook_installed = True
+        previous = sys.excepthook
+
+        def hook(kind: type[BaseException], value: BaseException, trace: TracebackType | None) -> None:
+            previous(kind, value, trace)
+            found = find_user_error(value)
+            if found is not None:
+                sys.stderr.write(f"error: {found}\n")
+
+        sys.excepthook = hook

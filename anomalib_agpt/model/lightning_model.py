@@ -365,7 +365,8 @@ class AnomalyGPT(AnomalibModule):
         self.few_shot_prompt_probability = few_shot_prompt_probability
         if "decoder" in self.trainable:
             set_trainable(self.model, ["decoder"])  # the head parts follow in setup("fit"), once the head is loaded
-        self.model.set_class_name(category_to_class_name(class_name) if class_name else None)
+        if class_name:  # otherwise the datamodule's category, known at set-up (text features are computed once)
+            self.model.set_class_name(category_to_class_name(class_name))
 
     # ----------------------------------------------------------------------------------------
     # anomalib face
@@ -625,10 +626,12 @@ class AnomalyGPT(AnomalibModule):
         writes natively, so no version conversion runs.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET)
+        self.model.set_class_name(self._class_name_from_context())  # before tracing: the graph holds the features
         with self.model.scores_only(), _quiet_loggers(ONNX_PASS_LOGGERS):
             return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def to_torch(self, *args, **kwargs) -> Path:
         """Pickle the module for ``TorchInferencer`` without the LLM (text never breaks export)."""
+        self.model.set_class_name(self._class_name_from_context())
         with self.model.scores_only():
             return super().to_torch(*args, **kwargs)

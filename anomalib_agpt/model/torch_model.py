@@ -263,6 +263,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
     # ----------------------------------------------------------------------------------------
     def anomaly_map(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
         """Final ``(B, 1, H, W)`` map from encoder features: zero-shot, few-shot, or their mean."""
+        self.set_class_name(None)  # text features of 'object' when no class was set (a no-op once set)
         has_references = self.reference_memory.shape[1] > 0
         if has_references and self.few_shot_mode == "replace":
             return few_shot_map(few_shot_similarity(features.patch_tokens, self.reference_memory), size)

@@ -159,6 +159,7 @@ def training_losses(
     size = tuple(synthetic.images.shape[-2:])
     with torch.no_grad():
         features = model.encode(synthetic.images)
+    model.set_class_name(None)  # 'object' unless the class was set
     logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features)
     probabilities = zero_shot_probabilities(logits, size)
     pixel = pixel_loss(probabilities, synthetic.masks)

@@ -1,0 +1,160 @@
+"""A user's mistake costs one clear line: ``error: <message>``, exit status 2, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anomalib_agpt.apps import cli
+from anomalib_agpt.apps.workspace import WorkspaceState, restore
+from anomalib_agpt.data import make_synthetic_mvtec
+
+from .conftest import FIXTURES
+from .test_cli import ENV, script
+
+CATEGORY = "weave"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return make_synthetic_mvtec(
+        root, categories=(CATEGORY,), num_train=3, num_test_good=2, num_test_defect=1, image_size=64
+    )
+
+
+def fit_args(weights: dict[str, Any], data_root: Path, results: Path, **model: object) -> list[str]:
+    options = {**weights, "k_shot": 1, **model}
+    return [
+        "fit",
+        "--model",
+        "AnomalyGPT",
+        *(f"--model.{key}={value}" for key, value in options.items()),
+        "--data",
+        "MVTecAD",
+        f"--data.root={data_root}",
+        f"--data.category={CATEGORY}",
+        "--data.num_workers=0",
+        "--trainer.logger=false",
+        f"--default_root_dir={results}",
+    ]
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``anomalib-agpt ARGS`` in this process: the exit status and everything printed."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    captured = capsys.readouterr()
+    return int(exited.value.code), captured.out + captured.err
+
+
+def non_empty_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"anomalygpt_checkpoint": FIXTURES / "missing.pt"}, "missing.pt' not found"),
+        ({"anomalygpt_checkpoint": FIXTURES / "imagebind.pth"}, "looks like an ImageBind checkpoint"),
+        ({"vision_heads": 7}, "vision_heads=7 does not divide the tower width"),
+        ({"k_shot": -1}, "k_shot=-1: expected 0"),
+    ],
+)
+def test_option_mistakes_end_in_one_error_line(
+    weights: dict[str, Any],
+    data_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, object],
+    expected: str,
+) -> None:
+    status, printed = run_main(fit_args(weights, data_root, tmp_path / "results", **change), capsys)
+    lines = non_empty_lines(printed)
+    assert status == 2
+    assert "Traceback" not in printed
+    assert lines[-2].startswith("error: ")
+    assert expected in lines[-2]
+    assert cli.VERBOSE_ENV in lines[-1]
+    assert not (tmp_path / "results").exists()  # the model failed before anomalib made a workspace
+
+
+def test_a_failed_run_leaves_versions_and_latest_as_they_were(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """k_shot above the train set fails after anomalib made v1 and moved ``latest``: both are undone."""
+    results = tmp_path / "results"
+    cli.main(fit_args(weights, data_root, results))
+    printed = capsys.readouterr().out
+    workspace = results / "AnomalyGPT" / "MVTecAD" / CATEGORY
+    checkpoint = workspace / "latest" / "weights" / "lightning" / "model.ckpt"
+    assert checkpoint.is_file()
+    assert f"checkpoint: {workspace / 'v0' / 'weights' / 'lightning' / 'model.ckpt'}" in printed
+    before = sorted(p.name for p in workspace.iterdir())
+
+    status, printed = run_main(fit_args(weights, data_root, results, k_shot=10), capsys)
+
+    assert status == 2
+    assert non_empty_lines(printed)[-2] == "error: k_shot=10 but the datamodule's train set holds 3 images."
+    assert sorted(p.name for p in workspace.iterdir()) == before == ["latest", "v0"]
+    assert (workspace / "latest").resolve() == (workspace / "v0").resolve()
+    assert checkpoint.is_file()
+
+
+def test_verbose_keeps_the_traceback(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.VERBOSE_ENV, "1")
+    with pytest.raises(Exception, match="vision_heads=7 does not divide"):
+        cli.main(fit_args(weights, data_root, tmp_path / "results", vision_heads=7))
+
+
+def test_restore_removes_only_what_the_run_made(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    (root / "M" / "D" / "c" / "v0").mkdir(parents=True)
+    (root / "M" / "D" / "c" / "latest").symlink_to(root / "M" / "D" / "c" / "v0")
+    (root / "keep.txt").write_text("x")
+    before = WorkspaceState.read(root)
+    (root / "M" / "D" / "c" / "v1" / "weights").mkdir(parents=True)
+    (root / "M" / "D" / "c" / "latest").unlink()
+    (root / "M" / "D" / "c" / "latest").symlink_to(root / "M" / "D" / "c" / "v1")
+    (root / "M" / "E" / "d" / "v0").mkdir(parents=True)
+
+    removed = restore(root, before)
+
+    assert sorted(p.relative_to(root).as_posix() for p in removed) == ["M/D/c/v1", "M/E", "M/E/d", "M/E/d/v0"]
+    assert os.readlink(root / "M" / "D" / "c" / "latest") == str(root / "M" / "D" / "c" / "v0")
+    assert (root / "keep.txt").is_file()
+
+
+def test_whole_output_of_a_mistake_is_short_from_a_fresh_process(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path
+) -> None:
+    """Import warnings, banners and all: at most 25 non-empty lines, ending in the product's message."""
+    args = fit_args(weights, data_root, tmp_path / "results", vision_heads=7)
+    result = subprocess.run(
+        [script("anomalib-agpt"), *args], capture_output=True, text=True, env=ENV, cwd=tmp_path, check=False
+    )
+    lines = non_empty_lines(result.stdout + result.stderr)
+    assert result.returncode == 2
+    assert len(lines) <= 25, lines
+    assert lines[-2].startswith("error: vision_heads=7 does not divide the tower width")
+
+
+def test_stock_anomalib_cli_ends_with_the_products_message(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path
+) -> None:
+    """The stock CLI keeps its traceback (it cannot be changed) but the last line is the product's message."""
+    args = fit_args(weights, data_root, tmp_path / "results", vision_heads=7)
+    args[2] = "anomalib_agpt.AnomalyGPT"
+    env = {key: value for key, value in ENV.items() if key != cli.VERBOSE_ENV}
+    result = subprocess.run(
+        [script("anomalib"), *args], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+    assert result.returncode != 0
+    last = non_empty_lines(result.stdout + result.stderr)[-1]
+    assert last == "error: vision_heads=7 does not divide the tower width 64; pass a divisor of 64."
