@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from anomalib_agpt.apps.configs import resolve_config_flags
 from anomalib_agpt.errors import find_user_error
 
 VERBOSE_ENV = "ANOMALIB_AGPT_VERBOSE"
@@ -24,6 +25,7 @@ USAGE = f"""usage: anomalib-agpt demo [--help]            run the offline demo (
        anomalib-agpt leaderboard [--help]     rank models on the same data/categories/seeds
        anomalib-agpt serve [--help]           web demo: heatmap, mask, score and a chat (needs [serve])
        anomalib-agpt check-weights PATH...    say what weight files are and what is missing
+       anomalib-agpt configs [NAME [DEST]]    list the packaged configs, or copy one (--config NAME also works)
        anomalib-agpt {{fit,validate,test,train,predict,export}} ...   anomalib's CLI, --model AnomalyGPT
                                               (list the model's options: fit --model.help AnomalyGPT)
 
@@ -65,7 +67,9 @@ def dispatch(args: list[str]) -> int:
         "leaderboard": _lazy("anomalib_agpt.apps.leaderboard"),
         "serve": _lazy("anomalib_agpt.apps.serve.app"),
         "check-weights": _lazy("anomalib_agpt.apps.check_weights"),
+        "configs": _lazy("anomalib_agpt.apps.configs"),
     }
+    args = resolve_config_flags(args)
     if args and args[0] in commands:
         return int(commands[args[0]](args[1:]) or 0)
     if args and args[0] in {"-h", "--help"} and len(args) == 1:
