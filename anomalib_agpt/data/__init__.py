@@ -1,5 +1,6 @@
-"""Datasets for tests and demos; see :mod:`anomalib_agpt.data.synthetic`."""
+"""Datasets and image reading: :mod:`anomalib_agpt.data.synthetic` (tests, demos), :mod:`anomalib_agpt.data.images`."""
 
+from anomalib_agpt.data.images import PredictImages, geometry_warning, read_rgb_image
 from anomalib_agpt.data.synthetic import SYNTHETIC_CATEGORIES, make_synthetic_mvtec
 
-__all__ = ["SYNTHETIC_CATEGORIES", "make_synthetic_mvtec"]
+__all__ = ["SYNTHETIC_CATEGORIES", "PredictImages", "geometry_warning", "make_synthetic_mvtec", "read_rgb_image"]

@@ -549,7 +549,7 @@ class AnomalyGPT(AnomalibModule):
             paths = paths[: self.k_shot]
         transform = self.pre_processor.transform if self.pre_processor is not None else None
         logger.info("AnomalyGPT: encoding %d reference images once: %s", len(paths), [str(p) for p in paths])
-        return load_reference_images(paths, transform)
+        return load_reference_images(paths, transform, resize_mode=self.resize_mode)
 
     # ----------------------------------------------------------------------------------------
     # Lean checkpoints: trained parameters and buffers only

@@ -1,15 +1,16 @@
-"""Few-shot reference images: found in file order, read with anomalib's reader, errors with paths."""
+"""Few-shot reference images: found in file order, read with :func:`~anomalib_agpt.data.images.read_rgb_image`."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from anomalib.data.utils import read_image
 from anomalib.data.utils.image import is_image_file
 
-from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError
+from anomalib_agpt.data.images import geometry_warning, read_rgb_image
+from anomalib_agpt.errors import MissingFileError, OptionError
 
 
 def list_reference_images(folder: str | Path, k_shot: int) -> list[Path]:
@@ -26,23 +27,29 @@ def list_reference_images(folder: str | Path, k_shot: int) -> list[Path]:
 
 
 def read_image_checked(path: str | Path) -> torch.Tensor:
-    """Read an RGB image as a ``(3, H, W)`` float tensor in [0, 1], naming the file on failure."""
-    try:
-        return read_image(path, as_tensor=True)
-    except Exception as error:
-        msg = f"cannot read image '{path}': {error}"
-        raise ImageReadError(msg) from error
+    """Read an image as a ``(3, H, W)`` float tensor in [0, 1], naming the file on failure (:func:`read_rgb_image`)."""
+    return read_rgb_image(path)
 
 
 def load_reference_images(
     paths: Sequence[str | Path],
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    resize_mode: str | None = None,
 ) -> torch.Tensor:
-    """Read and pre-process reference images one by one (sizes may differ) -> ``(k, 3, S, S)``."""
+    """Read and pre-process reference images one by one (sizes may differ) -> ``(k, 3, S, S)``.
+
+    ``resize_mode`` (``"crop"``/``"squash"``): warn about each reference the model will barely see
+    (:func:`~anomalib_agpt.data.images.geometry_warning`: tiny, or in ``crop`` mode very elongated).
+    """
     if not paths:
         msg = "the reference set is empty; few-shot needs at least one normal image."
         raise OptionError(msg)
-    images = [read_image_checked(path) for path in paths]
+    images = [read_rgb_image(path) for path in paths]
+    if resize_mode is not None:
+        for path, image in zip(paths, images, strict=True):
+            warning = geometry_warning(path, int(image.shape[-1]), int(image.shape[-2]), resize_mode)
+            if warning is not None:
+                warnings.warn(f"reference {warning}", UserWarning, stacklevel=2)
     if transform is not None:
         images = [transform(image.unsqueeze(0))[0] for image in images]
     shapes = {tuple(image.shape) for image in images}
