@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,38 @@ def test_a_failed_run_leaves_versions_and_latest_as_they_were(
     assert sorted(p.name for p in workspace.iterdir()) == before == ["latest", "v0"]
     assert (workspace / "latest").resolve() == (workspace / "v0").resolve()
     assert checkpoint.is_file()
+
+
+def test_predict_skips_an_unreadable_image_and_says_so(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One corrupt PNG in the folder: the others are predicted, the file is named and counted at the end."""
+    results = tmp_path / "results"
+    cli.main(fit_args(weights, data_root, results))
+    checkpoint = results / "AnomalyGPT" / "MVTecAD" / CATEGORY / "latest" / "weights" / "lightning" / "model.ckpt"
+    folder = tmp_path / "images"
+    shutil.copytree(data_root / CATEGORY / "test" / "good", folder)
+    good = sorted(folder.iterdir())
+    broken = folder / "broken.png"
+    broken.write_bytes(good[0].read_bytes()[:300])
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="broken.png"):
+        cli.main(
+            [
+                "predict",
+                "--model",
+                "AnomalyGPT",
+                *(f"--model.{key}={value}" for key, value in {**weights, "k_shot": 1}.items()),
+                f"--ckpt_path={checkpoint}",
+                f"--data={folder}",
+                f"--default_root_dir={results}",
+                "--trainer.callbacks+=anomalib_agpt.callbacks.PredictionWriter",
+                f"--trainer.callbacks.output_dir={tmp_path / 'out'}",
+            ]
+        )
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["image_path"] for line in lines) == [str(path) for path in good]
+    assert non_empty_lines(capsys.readouterr().out)[-1] == f"skipped 1 unreadable image(s): {broken}"
 
 
 def test_verbose_keeps_the_traceback(
