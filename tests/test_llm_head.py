@@ -48,10 +48,13 @@ def set_mode(model: AnomalyGPT, mode: str, expected: dict[str, Any]) -> None:
         model.model.reference_memory = model.model.reference_memory[:, :0]
 
 
-def test_default_question_is_the_original_evaluation_question(expected: dict[str, Any]) -> None:
-    assert default_question("bottle") == expected["question"]
-    assert default_question("metal_nut").startswith("This is a photo of a metal nut for anomaly detection, which")
-    assert default_question("widget").endswith("Is there any anomaly in the image?")
+def test_default_question_is_the_projects_own_and_ends_with_the_anomaly_question(expected: dict[str, Any]) -> None:
+    """The fixture's question is the original's; the default one is the project's, so tests pass the fixture's."""
+    assert default_question("bottle") != expected["question"]
+    assert default_question("bottle").endswith(" Is there any anomaly in the image?")
+    assert "metal nut" in default_question("metal_nut")
+    assert default_question("metal_nut") == default_question("metal nut")
+    assert default_question("widget").endswith(" Is there any anomaly in the image?")
 
 
 def test_tokenizer_segments_match(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
@@ -85,7 +88,7 @@ def test_llm_inputs_logits_and_answer_match(
     assert (logits - reference[f"{mode}_logits_last"]).abs().max() < TOL_LOGITS
     ids = head.generate_ids(inputs_embeds, attention_mask, max_new_tokens=16)[0]
     assert ids == reference[f"{mode}_generated_ids"].tolist()
-    answer = torch_model.explain(reference["pixel_values"])  # default question = the fixture's
+    answer = torch_model.explain(reference["pixel_values"], expected["question"])
     assert answer == [reference[f"{mode}_text_original_rule"]]
     assert is_anomalous_answer(answer[0]) == reference[f"{mode}_yes_in_text"]
 
@@ -192,7 +195,8 @@ def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: d
         max_new_tokens=16,
     )
     reference = expected["queries"][QUERIES[1]]
-    assert model.model.explain(reference["pixel_values"]) == [reference["zero_shot_text_original_rule"]]
+    answer = model.model.explain(reference["pixel_values"], expected["question"])
+    assert answer == [reference["zero_shot_text_original_rule"]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,17 @@
-"""The conversation AnomalyGPT's LLM was trained on: template, default questions, answer rules."""
+"""The conversation AnomalyGPT's LLM was trained on: template, answer rules (default questions: ``questions``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from anomalib_agpt.explanation.questions import (  # re-exported: their home before ``questions`` existed
+    ANOMALY_QUESTION as ANOMALY_QUESTION,
+)
+from anomalib_agpt.explanation.questions import CLASS_DESCRIPTIONS as CLASS_DESCRIPTIONS
+from anomalib_agpt.explanation.questions import GENERIC_DESCRIPTION as GENERIC_DESCRIPTION
+from anomalib_agpt.explanation.questions import default_question as default_question
 
 IMAGE_PREFIX = "### Human: <Img>"
 IMAGE_SUFFIX = "</Img> "
@@ -13,48 +20,7 @@ TURN_END = "\n###"
 STOP_PIECE = "##"
 """The LLaMA tokenizer splits the end-of-turn "\\n###" into "\\n", "##", "#"; generation stops on "##"."""
 
-ANOMALY_QUESTION = "Is there any anomaly in the image?"
 NORMAL_ANSWER = "No, there is no anomaly in the image."
-
-# What a normal sample of each MVTec AD and VisA class looks like, in this project's words.
-CLASS_DESCRIPTIONS = {
-    "bottle": "which should be round, without any damage, flaw, defect, scratch, hole or broken part",
-    "cable": "which should show three intact cables in their usual places, none missing, swapped, cut or bent",
-    "capsule": "which should be a smooth, evenly printed capsule, without cracks, dents, squeezes or faulty prints",
-    "carpet": "which should be an even woven texture, without holes, cuts, stains, threads or colour spots",
-    "grid": "which should be a regular metal grid, without bends, breaks, glue, threads or missing wires",
-    "hazelnut": "which should be a whole hazelnut, without cracks, cuts, holes or printed marks",
-    "leather": "which should be an even leather surface, without cuts, folds, glue, colour spots or pokes",
-    "metal nut": "which should be a clean metal nut with all its lobes, not bent, flipped, scratched or stained",
-    "pill": "which should be a whole white pill with red speckles and its print, without cracks, stains or chips",
-    "screw": "which should be a straight screw with an intact thread, head and tip, without scratches",
-    "tile": "which should be an even tile surface, without cracks, glue strips, oil, rough spots or gray strokes",
-    "toothbrush": "which should have tidy, evenly arranged bristles, without defects or foreign matter",
-    "transistor": "which should be a transistor with three straight leads, correctly placed, without damage",
-    "wood": "which should be an even wood grain, without holes, scratches, liquid stains or colour spots",
-    "zipper": "which should be a zipper with aligned teeth and intact fabric, without breaks or squeezed teeth",
-    "candle": "which should be four clean white candles, without wax melt, chunks, damage or foreign matter",
-    "capsules": "which should be several green capsules, whole and clean, without bubbles, dents or leaks",
-    "cashew": "which should be a whole cashew nut, without breaks, burns, stains, holes or foreign matter",
-    "chewinggum": "which should be a whole piece of chewing gum, without cracks, cuts, stains or missing parts",
-    "fryum": "which should be a whole wheel-shaped fryum, without breaks, burns, stains or foreign matter",
-    "macaroni1": "which should be four whole pieces of macaroni, without cracks, chips, stains or holes",
-    "macaroni2": "which should be four whole pieces of macaroni on a textured background, without cracks or chips",
-    "pcb1": "which should be a printed circuit board with all its parts intact, without bends, scratches or melts",
-    "pcb2": "which should be a printed circuit board with all its parts intact, without bends, scratches or melts",
-    "pcb3": "which should be a printed circuit board with all its parts intact, without bends, scratches or melts",
-    "pcb4": "which should be a printed circuit board with all its parts intact, without bends, scratches or melts",
-    "pipe fryum": "which should be a whole pipe-shaped fryum, without breaks, burns, stains or foreign matter",
-}
-GENERIC_DESCRIPTION = "which should be intact, without any damage, flaw, defect, scratch, hole or broken part"
-
-
-def default_question(class_name: str) -> str:
-    """One sentence about the class, then the anomaly question (as the original's evaluation asks)."""
-    description = CLASS_DESCRIPTIONS.get(class_name.replace("_", " "), GENERIC_DESCRIPTION)
-    return (
-        f"This is a photo of a {class_name.replace('_', ' ')} for anomaly detection, {description}. {ANOMALY_QUESTION}"
-    )
 
 
 def multi_turn_prompt(history: Sequence[tuple[str, str]], question: str) -> str:
