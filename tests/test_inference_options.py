@@ -67,7 +67,9 @@ def test_sdpa_and_eager_give_the_same_answer(weights: dict[str, Any], expected: 
     reference = expected["queries"][QUERY]
     for attention in ("sdpa", "eager"):
         model = explainer(weights, attn_implementation=attention)
-        assert model.model.explain(reference["pixel_values"]) == [reference["zero_shot_text_original_rule"]]
+        assert model.model.explain(reference["pixel_values"], expected["question"]) == [
+            reference["zero_shot_text_original_rule"]
+        ]
         assert model.model.llm_head.llm.config._attn_implementation == attention
 
 
@@ -183,7 +185,9 @@ def test_quantized_head_wiring_passes_the_config_checks_the_device_and_keeps_the
     calls = recording_from_pretrained(monkeypatch)
     model = explainer(weights, llm_quantization="4bit")
     reference = expected["queries"][QUERY]
-    assert model.model.explain(reference["pixel_values"]) == [reference["zero_shot_text_original_rule"]]
+    assert model.model.explain(reference["pixel_values"], expected["question"]) == [
+        reference["zero_shot_text_original_rule"]
+    ]
     (call,) = calls
     assert call["quantization_config"].load_in_4bit
     assert checked[0] == ("4bit", torch.device("cpu"))
@@ -219,7 +223,7 @@ def test_quantized_llm_on_cuda_gives_the_reference_logits(
     reference = expected["queries"][QUERY]
     pixels = reference["pixel_values"].to("cuda")
     with torch.no_grad():
-        inputs_embeds, attention_mask = model.model.build_llm_inputs(pixels)
+        inputs_embeds, attention_mask = model.model.build_llm_inputs(pixels, expected["question"])
         logits = head.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits[:, -1].float().cpu()
     theirs = reference["zero_shot_logits_last"]
     assert torch.isfinite(logits).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from anomalib.metrics import AnomalibMetric
@@ -13,18 +14,40 @@ from torchmetrics.classification import BinaryAccuracy
 from anomalib_agpt.explanation.conversation import is_anomalous_answer
 from anomalib_agpt.training.synthesis import position_name
 
+AccuracyRule = Literal["anomalib", "paper"]
+
+
+def answer_is_right(answer: str, label: int, rule: AccuracyRule = "anomalib") -> bool:
+    """Whether an answer agrees with the label.
+
+    ``anomalib``: 'Yes' in the answer means anomalous, anything else normal (the model's own decision
+    rule). ``paper``: the original evaluation's count: a normal image is right when 'No' is in the
+    answer, an anomalous one when 'Yes' is (an answer with neither is wrong either way).
+    """
+    if rule == "paper":
+        return "Yes" in answer if label else "No" in answer
+    return is_anomalous_answer(answer) == bool(label)
+
 
 class _AnswerBinaryAccuracy(BinaryAccuracy):
-    """Binary accuracy whose predictions are answers: 'Yes' in the text means anomalous."""
+    """Binary accuracy whose predictions are answers, counted by :func:`answer_is_right`."""
+
+    def __init__(self, rule: AccuracyRule = "anomalib", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rule = rule
 
     def update(self, explanation: Sequence[str], gt_label: torch.Tensor) -> None:  # type: ignore[override]
-        """Turn answers into labels with the original's rule, then count agreements."""
-        predicted = torch.tensor([is_anomalous_answer(text) for text in explanation], device=gt_label.device)
-        super().update(predicted.long(), gt_label.long())
+        """Count answers that agree with the label (a wrong answer counts as the other label)."""
+        labels = gt_label.long()
+        right = torch.tensor(
+            [answer_is_right(text, int(label), self.rule) for text, label in zip(explanation, labels, strict=True)],
+            device=gt_label.device,
+        )
+        super().update(torch.where(right, labels, 1 - labels), labels)
 
 
 class AnswerAccuracy(AnomalibMetric, _AnswerBinaryAccuracy):  # type: ignore[misc]
-    """Share of images whose answer agrees with the ground-truth label (the original's 'accuracy')."""
+    """Share of images whose answer agrees with the ground-truth label (``rule``: see :func:`answer_is_right`)."""
 
     default_fields = ("explanation", "gt_label")
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
 from anomalib_agpt.errors import OptionError
-from anomalib_agpt.explanation.conversation import ConversationName, default_question, is_anomalous_answer
+from anomalib_agpt.explanation.conversation import ConversationName, is_anomalous_answer
 from anomalib_agpt.explanation.llm_head import LLMHeadSpec
 from anomalib_agpt.explanation.llm_loading import (
     AttnImplementation,
@@ -41,12 +41,15 @@ from anomalib_agpt.explanation.llm_loading import (
     check_llm_options,
     check_quantization_support,
 )
-from anomalib_agpt.explanation.metrics import AnswerAccuracy, ExplanationGrounding
+from anomalib_agpt.explanation.metrics import AccuracyRule, AnswerAccuracy, ExplanationGrounding
+from anomalib_agpt.explanation.questions import default_question, load_questions, paper_class_name, question_for
+from anomalib_agpt.model import protocol as protocol_choices
 from anomalib_agpt.model.checkpoints import CheckpointError
 from anomalib_agpt.model.pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
 from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
-from anomalib_agpt.model.prompting import category_to_class_name
-from anomalib_agpt.model.references import list_reference_images, load_reference_images
+from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
+from anomalib_agpt.model.protocol import Protocol, check_protocol, dataset_family
+from anomalib_agpt.model.references import list_reference_images, load_reference_images, round_reference_images
 from anomalib_agpt.model.torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, check_encoder_dtype
 from anomalib_agpt.training.recipe import (
     SynthesisMode,
@@ -180,6 +183,7 @@ class AnomalyGPT(AnomalibModule):
 
     - weights: ``imagebind_checkpoint``, ``anomalygpt_checkpoint``, ``vision_heads``, ``text_heads``,
       ``preset``, ``seed``;
+    - protocol: ``protocol``, ``questions``, ``reference_round`` (the original evaluation's choices);
     - zero/few-shot: ``class_name``, ``k_shot``, ``few_shot_source``, ``few_shot_mode``, ``resize_mode``;
     - explanation: ``llm``, ``pandagpt_checkpoint``, ``explain``, ``question``, ``max_new_tokens``,
       ``label_source``, ``do_sample``, ``top_p``, ``temperature``, ``conversation``, ``untrained_head_parts``;
@@ -211,25 +215,27 @@ class AnomalyGPT(AnomalibModule):
         pandagpt_checkpoint: PandaGPT delta (``llama_proj`` and the LoRA of the LLM).
         explain: Answer ``question`` for every test/predict image (``batch.explanation``). Off by
             default: the LLM (14 GB for Vicuna-7B) loads only when an answer is first needed.
-        question: Question asked about each image; default: a description of the class followed by
-            "Is there any anomaly in the image?".
-        max_new_tokens: Longest answer, in tokens.
-        llm_dtype: ``auto`` (fp32 on CPU, bf16 on GPU), ``fp32``, ``fp16`` or ``bf16``.
+        question: Question asked about every image, verbatim; default: ``questions[category]``, else a
+            description of the class followed by "Is there any anomaly in the image?".
+        max_new_tokens: Longest answer, in tokens; ``None``: the protocol's (128; ``paper``: 512).
+        llm_dtype: ``auto`` (fp32 on CPU, bf16 on GPU), ``auto_fp16`` (fp32 on CPU, fp16 on GPU),
+            ``fp32``, ``fp16`` or ``bf16``; ``None``: the protocol's (``auto``; ``paper``: ``auto_fp16``).
         merge_lora: Fold the LoRA into the LLM's weights (faster; rounds in ``llm_dtype``).
         attn_implementation: The LLM's attention: ``sdpa`` (PyTorch's fused kernels) or ``eager``
             (plain matmul + softmax).
         llm_quantization: ``8bit`` or ``4bit`` (NF4) loads the LLM quantised through bitsandbytes
             (CUDA and the ``quant`` extra; the LoRA stays unmerged); ``None`` (default): ``llm_dtype``.
         encoder_dtype: dtype of the ImageBind towers: ``fp32`` (default, the reference's numbers),
-            ``fp16``, ``bf16``, or ``auto`` (fp16 on CUDA, fp32 on CPU). Features go back to float32
-            before the maps, so maps and scores are float32 in every case.
+            ``fp16``, ``bf16``, or ``auto`` (fp16 on CUDA, fp32 on CPU); ``None``: the protocol's (``fp32``;
+            ``paper``: ``auto``). Features go back to float32 before the maps, so maps and scores are
+            float32 in every case.
         compile_encoder: Run the vision tower through ``torch.compile`` (compiled on the first
             batch; export and checkpoints use the plain module).
         label_source: With ``explain``, ``answer`` takes ``pred_label`` from the answer ('Yes' in it
             is anomalous, the original's rule); ``threshold`` keeps anomalib's score threshold.
-        do_sample: Sample instead of greedy decoding (the original samples with top_p 0.01-0.1).
-        top_p: Nucleus size when sampling.
-        temperature: Temperature when sampling.
+        do_sample: Sample instead of greedy decoding; ``None``: the protocol's (greedy; ``paper``: sampling).
+        top_p: Nucleus size when sampling; ``None``: the protocol's (0.1; ``paper``: 0.1 on MVTec AD, 0.01 on VisA).
+        temperature: Temperature when sampling; ``None``: 1.
         trainable: Train on the datamodule's normal images with synthetic anomalies (learning type
             ONE_CLASS): the parts that learn, e.g. ``[decoder]`` or ``[decoder, prompt_learner]``.
             ``None`` (default): nothing trains (zero-/few-shot).
@@ -246,6 +252,14 @@ class AnomalyGPT(AnomalibModule):
         untrained_head_parts: Head parts (``llama_proj``, ``prompt_learner``, ``lora``) that may start
             from fresh random weights without training, e.g. to show the mechanics of an LLM the released
             deltas do not fit. Parts in ``trainable`` may always start fresh. ``None``: none.
+        protocol: ``anomalib`` (default) or ``paper``: the original evaluation's choices (class name from
+            the question, its references, sampling, fp16 on GPU, its accuracy count); explicit options win.
+        questions: Category (as the datamodule spells it) -> full question, asked verbatim; or a YAML/JSON
+            file of that mapping, or your own copy of the original evaluation script (read, never run)
+            whose class descriptions become "<description> Is there any anomaly in the image?".
+        reference_round: Pick the references as the original does: MVTec AD ``train/good/{4*round+j:03d}.png``,
+            VisA the ``split_csv/1cls.csv`` train rows after ``4*round``; ``None``: the protocol's (first
+            ``k_shot`` in sorted order; ``paper``: round 3 on MVTec AD, 14 on VisA).
         pre_processor: Pre-processor, or ``True`` for the CLIP pre-processing of ``resize_mode``.
         post_processor: Post-processor, or ``True`` for anomalib's default.
         evaluator: Evaluator, or ``True`` for anomalib's default image/pixel metrics.
@@ -270,17 +284,17 @@ class AnomalyGPT(AnomalibModule):
         pandagpt_checkpoint: str | Path | None = None,
         explain: bool = False,
         question: str | None = None,
-        max_new_tokens: int = 128,
-        llm_dtype: LLMDtype = "auto",
+        max_new_tokens: int | None = None,
+        llm_dtype: LLMDtype | None = None,
         merge_lora: bool = False,
         attn_implementation: AttnImplementation = "sdpa",
         llm_quantization: LLMQuantization | None = None,
-        encoder_dtype: EncoderDtype = "fp32",
+        encoder_dtype: EncoderDtype | None = None,
         compile_encoder: bool = False,
         label_source: LabelSource = "answer",
-        do_sample: bool = False,
-        top_p: float = 0.1,
-        temperature: float = 1.0,
+        do_sample: bool | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
         trainable: list[TrainablePart] | None = None,
         synthesis: SynthesisMode = "auto",
         learning_rate: float = 1e-3,
@@ -291,6 +305,9 @@ class AnomalyGPT(AnomalibModule):
         few_shot_prompt_probability: float = 0.5,
         conversation: ConversationName = "auto",
         untrained_head_parts: list[TrainablePart] | None = None,
+        protocol: Protocol = "anomalib",
+        questions: dict[str, str] | str | Path | None = None,
+        reference_round: int | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -299,14 +316,25 @@ class AnomalyGPT(AnomalibModule):
         if k_shot < 0:
             msg = f"k_shot={k_shot}: expected 0 (zero-shot) or a positive number of reference images."
             raise OptionError(msg)
+        check_protocol(protocol)
+        if few_shot_source is not None and reference_round is not None:
+            msg = (
+                f"few_shot_source='{few_shot_source}' and reference_round={reference_round} both choose the "
+                "references: pass one (few_shot_source: its first k_shot files; reference_round: the original's pick)."
+            )
+            raise OptionError(msg)
+        if reference_round is not None and reference_round < 0:
+            msg = f"reference_round={reference_round}: expected a round >= 0 (references start at image 4 * round)."
+            raise OptionError(msg)
         if few_shot_source is not None and k_shot:
             list_reference_images(few_shot_source, k_shot)  # refuse a missing or short folder before any work
+        encoder_dtype = protocol_choices.encoder_dtype(protocol, encoder_dtype)
         check_encoder_dtype(encoder_dtype)  # before any weights load
         check_llm_options(attn_implementation, llm_quantization, merge_lora)
         if llm_quantization is not None:
             check_quantization_support(llm_quantization)  # before any weights load
         head_options = {
-            "llm_dtype": llm_dtype,
+            "llm_dtype": protocol_choices.llm_dtype(protocol, llm_dtype),
             "merge_lora": merge_lora,
             "attn_implementation": attn_implementation,
             "llm_quantization": llm_quantization,
@@ -330,17 +358,18 @@ class AnomalyGPT(AnomalibModule):
         )
         model.llm_spec = spec
         model.configure_encoder(encoder_dtype, compile_encoder)
-        model.generation = {
-            "max_new_tokens": max_new_tokens,
+        self.decoding_options = {
             "do_sample": do_sample,
             "top_p": top_p,
             "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
         }
+        model.generation = protocol_choices.decoding(protocol, None, **self.decoding_options).as_generate_kwargs()
         if pre_processor is True:
             size = model.image_size
             pre_processor = self.configure_pre_processor(image_size=(size, size), resize_mode=resize_mode)
         if evaluator is True:
-            evaluator = self.configure_evaluator(explain=explain)
+            evaluator = self.configure_evaluator(explain=explain, accuracy_rule=protocol)
         if visualizer is True:
             visualizer = self.configure_visualizer()
         super().__init__(
@@ -363,6 +392,10 @@ class AnomalyGPT(AnomalibModule):
         self.optimiser_settings = {"lr": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
         self.loss_weights = {"pixel": pixel_loss_weight, "lm": lm_loss_weight}
         self.few_shot_prompt_probability = few_shot_prompt_probability
+        self.protocol = protocol
+        self.questions = load_questions(questions)
+        self.reference_round = reference_round
+        self._asked: str | None = None
         if "decoder" in self.trainable:
             set_trainable(self.model, ["decoder"])  # the head parts follow in setup("fit"), once the head is loaded
         if class_name:  # otherwise the datamodule's category, known at set-up (text features are computed once)
@@ -420,7 +453,7 @@ class AnomalyGPT(AnomalibModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""
         trains_head = any(part != "decoder" for part in self.trainable)
-        question = self.question or default_question(self.model.class_name or "object")
+        question = self.asked_question()
         losses = training_losses(
             self.model,
             batch.image,
@@ -458,11 +491,11 @@ class AnomalyGPT(AnomalibModule):
         return PostProcessor()
 
     @classmethod
-    def configure_evaluator(cls, explain: bool = False) -> Evaluator:
-        """Anomalib's image/pixel AUROC and F1, plus answer accuracy when explaining."""
+    def configure_evaluator(cls, explain: bool = False, accuracy_rule: AccuracyRule = "anomalib") -> Evaluator:
+        """Anomalib's image/pixel AUROC and F1, plus answer accuracy (counted by ``accuracy_rule``) when explaining."""
         evaluator = AnomalibModule.configure_evaluator()
         if explain:
-            evaluator.test_metrics.append(AnswerAccuracy(strict=False))
+            evaluator.test_metrics.append(AnswerAccuracy(rule=accuracy_rule, strict=False))
             evaluator.test_metrics.append(ExplanationGrounding(strict=False))
         return evaluator
 
@@ -481,7 +514,7 @@ class AnomalyGPT(AnomalibModule):
         del args, kwargs
         if not self.explain:
             return batch.update(**self.model(batch.image)._asdict())
-        scores, answers = self.model.predict_and_explain(batch.image, self.question)
+        scores, answers = self.model.predict_and_explain(batch.image, self.asked_question())
         batch.update(**scores._asdict())
         batch.explanation = answers
         if self.label_source == "answer":
@@ -509,7 +542,12 @@ class AnomalyGPT(AnomalibModule):
         self.prepare(load_llm=self.explain)
 
     def prepare(self, load_llm: bool = False) -> None:
-        """Compute the class text features and encode the references, each only if not yet done."""
+        """Decide the protocol's dataset-dependent choices; text features and references, each only once."""
+        family = dataset_family(self._datamodule())
+        if family is not None:
+            self.model.generation = protocol_choices.decoding(
+                self.protocol, family, **self.decoding_options
+            ).as_generate_kwargs()
         self.model.set_class_name(self._class_name_from_context())
         if self.k_shot and self.model.num_reference_images == 0:
             self.model.set_references(self._reference_images())
@@ -520,21 +558,56 @@ class AnomalyGPT(AnomalibModule):
         trainer = getattr(self, "_trainer", None)
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def _category(self) -> str | None:
+        datamodule = self._datamodule()
+        return getattr(datamodule, "category", None) if datamodule is not None else None
+
     def _class_name_from_context(self) -> str | None:
-        """Constructor name, else the datamodule's category; ``None`` keeps the current one."""
+        """Constructor name; else under ``paper`` the original's rule on the question, else the category.
+
+        ``None`` keeps the current one (a restored checkpoint's, or ``object``).
+        """
         if self.class_name:
             return category_to_class_name(self.class_name)
-        datamodule = self._datamodule()
-        if datamodule is not None and hasattr(datamodule, "category"):
-            return category_to_class_name(datamodule.category)
-        return None
+        if self.protocol == "paper" and (self.question or self._category() or self.questions):
+            return paper_class_name(self.asked_question())
+        category = self._category()
+        return category_to_class_name(category) if category else None
+
+    def asked_question(self) -> str:
+        """The question put to the LLM: ``question``; else ``questions[category]`` verbatim; else the description's.
+
+        Under ``paper`` without ``questions``, the project's own descriptions stand in for the original's
+        (said once in the log).
+        """
+        if self.question:
+            return self.question
+        category = self._category() or self.class_name
+        asked = question_for(category, self.questions) if category and self.questions else None
+        if asked is None:
+            if self.protocol == "paper" and self._asked is None:
+                logger.warning(
+                    "AnomalyGPT: protocol='paper' without questions: asking with this project's own class "
+                    "descriptions, not the original's (pass questions=<your copy of the original test script>)."
+                )
+            asked = default_question(category_to_class_name(category) if category else DEFAULT_CLASS_NAME)
+        self._asked = asked
+        return asked
 
     def _reference_images(self) -> torch.Tensor:
         """``k_shot`` normal images through the SAME pre-processing as queries, in file order."""
+        datamodule = self._datamodule()
+        family = dataset_family(datamodule)
+        round_ = protocol_choices.reference_round(self.protocol, family, self.reference_round)
         if self.few_shot_source is not None:
             paths = list_reference_images(self.few_shot_source, self.k_shot)
+        elif round_ is not None:
+            root = getattr(datamodule, "root", None)
+            if root is None or family is None:
+                msg = f"reference_round={round_} picks references from an MVTecAD or Visa datamodule; none is attached."
+                raise OptionError(msg)
+            paths = round_reference_images(root, datamodule.category, family, self.k_shot, round_)
         else:
-            datamodule = self._datamodule()
             train_data = getattr(datamodule, "train_data", None)
             if train_data is None:
                 msg = (

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from anomalib_agpt.errors import OptionError
+from anomalib_agpt.explanation.questions import default_question
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,7 @@ DEMO_CORPUS = (
     "Yes, there is an anomaly in the image, at the top left of the image.",
     "Yes, there are 2 anomalies in the image, they are at the top and bottom right of the image.",
     "left right center top bottom",
-    "This is a photo of a object for anomaly detection, which should be intact, without any damage, flaw, defect, "
-    "scratch, hole or broken part. Is there any anomaly in the image?",
+    default_question("object"),
     "<Img></Img> user assistant",
 )
 CHAT_TEMPLATE = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,44 @@ def list_reference_images(folder: str | Path, k_shot: int) -> list[Path]:
         msg = f"few_shot_source='{folder}' holds {len(images)} image(s); k_shot={k_shot} needs at least {k_shot}."
         raise OptionError(msg)
     return images[:k_shot]
+
+
+def round_reference_images(root: str | Path, category: str, family: str, k_shot: int, round_: int) -> list[Path]:
+    """The original evaluation's references for ``round_``: which normal training images, by dataset.
+
+    MVTec AD: ``<root>/<category>/train/good/{4*round + j:03d}.png`` for ``j < k_shot``. VisA: the
+    ``train`` rows of ``<root>/split_csv/1cls.csv`` for the category, in file order, after skipping
+    ``4*round`` of them (image paths relative to ``root``).
+    """
+    root = Path(root).expanduser()
+    start = 4 * round_
+    if family == "mvtec":
+        folder = root / category / "train" / "good"
+        paths = [folder / f"{start + j:03d}.png" for j in range(k_shot)]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            msg = f"reference_round={round_} with k_shot={k_shot} needs {', '.join(missing)}, which do not exist."
+            raise MissingFileError(msg)
+        return paths
+    if family == "visa":
+        table = root / "split_csv" / "1cls.csv"
+        if not table.is_file():
+            msg = f"reference_round={round_} on VisA reads '{table}' (VisA's split file), which does not exist."
+            raise MissingFileError(msg)
+        with table.open(newline="") as file:
+            rows = [
+                row for row in csv.DictReader(file) if row.get("object") == category and row.get("split") == "train"
+            ]
+        chosen = rows[start : start + k_shot]
+        if len(chosen) < k_shot:
+            msg = (
+                f"reference_round={round_} with k_shot={k_shot} needs train rows {start}..{start + k_shot - 1} of "
+                f"'{category}' in '{table}'; it has {len(rows)}."
+            )
+            raise OptionError(msg)
+        return [root / row["image"] for row in chosen]
+    msg = f"reference_round={round_} picks references of MVTec AD or VisA only; this datamodule is neither."
+    raise OptionError(msg)
 
 
 def read_image_checked(path: str | Path) -> torch.Tensor:
