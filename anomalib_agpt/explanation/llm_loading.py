@@ -17,7 +17,7 @@ import re
 import struct
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -26,7 +26,10 @@ from anomalib_agpt.errors import OptionError, SetupError
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import CheckpointError
 
-LLMDtype = Literal["auto", "fp32", "fp16", "bf16"]
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
+
+LLMDtype = Literal["auto", "auto_fp16", "fp32", "fp16", "bf16"]
 AttnImplementation = Literal["sdpa", "eager"]
 LLMQuantization = Literal["8bit", "4bit"]
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -126,11 +129,12 @@ def stream_safetensors_llm(folder: Path, dtype: torch.dtype, attn_implementation
 
 
 def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
-    """``auto``: fp32 on CPU, bf16 on an accelerator."""
-    if llm_dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    """``auto``: fp32 on CPU, bf16 on an accelerator; ``auto_fp16``: fp32 on CPU, fp16 (the original's) elsewhere."""
+    if llm_dtype in ("auto", "auto_fp16"):
+        accelerated = torch.bfloat16 if llm_dtype == "auto" else torch.float16
+        return torch.float32 if device.type == "cpu" else accelerated
     if llm_dtype not in _DTYPES:
-        msg = f"llm_dtype='{llm_dtype}': expected one of auto, fp32, fp16, bf16."
+        msg = f"llm_dtype='{llm_dtype}': expected one of auto, auto_fp16, fp32, fp16, bf16."
         raise OptionError(msg)
     return _DTYPES[llm_dtype]
 
@@ -195,6 +199,65 @@ def load_tokenizer(folder: Path) -> object:
         reason = " ".join(str(error).split())
         msg = f"llm: cannot load a tokenizer from '{folder}' ({type(error).__name__}: {reason}); it needs {expected}."
         raise ckpt.CheckpointError(msg) from error
+
+
+class SentencePieceEncoder:
+    """Text to ids as the original's slow LLaMA tokenizer (transformers 4.29, legacy) made them.
+
+    Every run of text between the tokenizer's special and added tokens (``<s>``, ``</s>``, ``<unk>``,
+    Vicuna v0's ``[PAD]``) is encoded by SentencePiece itself as a fresh sentence: with the dummy
+    ``▁`` prefix even when the text starts with a space, and runs of spaces split as SentencePiece
+    splits them. The special tokens in the text become their ids, with no whitespace stripped around
+    them (Vicuna v0's ``<s>``, ``</s>``, ``<unk>`` strip none; only next to a literal ``[PAD]``, a plain
+    string there, did 4.29 strip it). The fast (``tokenizers``) LLaMA tokenizer of transformers 5
+    differs on both counts, whatever its ``legacy``/``from_slow`` options, so AnomalyGPT's prompts
+    and answers go through this for a SentencePiece vocabulary.
+    """
+
+    def __init__(self, processor: SentencePieceProcessor, special_ids: dict[str, int]) -> None:
+        self.processor = processor
+        self.special_ids = special_ids
+        # longest first: at one position the longest special token wins, as the slow tokenizer's trie did
+        names = sorted(special_ids, key=len, reverse=True)
+        self._specials = re.compile("|".join(re.escape(name) for name in names)) if names else None
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` without BOS/EOS added."""
+        if self._specials is None:
+            return list(self.processor.encode(text))
+        ids: list[int] = []
+        start = 0
+        for match in self._specials.finditer(text):
+            if match.start() > start:
+                ids += self.processor.encode(text[start : match.start()])
+            ids.append(self.special_ids[match.group()])
+            start = match.end()
+        if start < len(text):
+            ids += self.processor.encode(text[start:])
+        return ids
+
+
+def sentencepiece_encoder(tokenizer: object) -> SentencePieceEncoder | None:
+    """The SentencePiece path of a tokenizer read from a ``tokenizer.model`` with the same ids; else None.
+
+    None for tokenizers without a SentencePiece model file (``tokenizer.json`` only, GGUF) and when the
+    model file's pieces do not have the tokenizer's ids (then the tokenizer alone is used).
+    """
+    vocab_file = getattr(tokenizer, "vocab_file", None)
+    if not isinstance(vocab_file, (str, Path)) or not Path(vocab_file).is_file():
+        return None
+    import sentencepiece
+
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(vocab_file))
+    except (OSError, RuntimeError):
+        return None
+    size = processor.get_piece_size()
+    pieces = [processor.id_to_piece(index) for index in range(size)]
+    if tokenizer.convert_tokens_to_ids(pieces) != list(range(size)):  # type: ignore[attr-defined]
+        return None
+    added = tokenizer.added_tokens_decoder.items()  # type: ignore[attr-defined]
+    return SentencePieceEncoder(processor, {str(token): int(index) for index, token in added})
 
 
 def bitsandbytes_config(llm_quantization: LLMQuantization, dtype: torch.dtype) -> object:
