@@ -1,9 +1,11 @@
-"""The web demo's request handlers (no browser, no Gradio): image in, map/mask/score/answer out; history; bad input."""
+"""The web demo without a browser: its handlers (map, mask, score, verdicts, answer; hostile input) and options."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,13 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 from anomalib.data.utils import read_image
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.apps.serve import ServeSession
-from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, SCORES_ONLY_MESSAGE
-from anomalib_agpt.explanation.conversation import default_question, multi_turn_prompt
+from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, MB, SCORES_ONLY_MESSAGE, limit_pil_decoding
+from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
 
@@ -80,16 +82,19 @@ def test_analyse_shows_view_heatmap_mask_score_and_answer(session: ServeSession,
     assert not np.array_equal(analysis.heatmap, analysis.image)
     expected = forward(weights, QUERY)
     assert analysis.score == pytest.approx(float(expected.pred_score), abs=1e-5)
-    assert analysis.is_anomalous == bool(expected.pred_label)
     resized = F.interpolate(expected.pred_mask.float().reshape(1, 1, 224, 224), size=(DISPLAY_SIDE,) * 2) > 0.5
     assert np.array_equal(analysis.pred_mask, resized[0, 0].numpy())
     question = default_question("bottle")  # an empty question box asks the class's default question
     assert len(analysis.history) == 1
     assert analysis.history[0][0] == question
-    assert isinstance(analysis.answer, str)
-    assert analysis.answer.strip()
-    assert analysis.score_text.startswith(f"{analysis.score:.3f} (")
-    assert "stretched" in analysis.message  # no fitted thresholds: the page says how to read the colours
+    assert isinstance(analysis.answer, str)  # the fixture's random LLM may say nothing to the long default question
+    # no fitted thresholds: no score verdict (anomalib would still label raw scores > 0.5), only the answer's
+    assert analysis.threshold is None
+    assert analysis.is_anomalous is None
+    assert analysis.score_text == f"{analysis.score:.3f} (no fitted threshold)"
+    assert all(v.source == "answer" for v in analysis.verdicts)
+    assert "no score verdict" in analysis.message
+    assert "stretched" in analysis.message  # the page says how to read the colours
 
 
 def test_follow_up_reuses_the_encoding_and_sends_the_history(
@@ -97,6 +102,9 @@ def test_follow_up_reuses_the_encoding_and_sends_the_history(
 ) -> None:
     first = session.analyse(str(QUERY), [], "bottle", "Is there any anomaly in the image?")
     assert encodings == [1]  # a fresh session: the upload is encoded once
+    assert first.answer.strip()
+    answer_verdict = f"answer: {'Anomalous' if is_anomalous_answer(first.answer) else 'Normal'}"
+    assert [v.text for v in first.verdicts] == [answer_verdict]  # no fitted threshold: no score verdict
     prompts: list[str] = []
     llm_inputs = session.model.model.llm_inputs
 
@@ -115,6 +123,7 @@ def test_follow_up_reuses_the_encoding_and_sends_the_history(
     assert first.history[0][0] in prompts[0]
     assert first.history[0][1] in prompts[0]
     assert second.score == first.score
+    assert [v.text for v in second.verdicts] == [answer_verdict]  # the verdict reads the first answer
     # the page's history is what counts: an empty one starts over
     session.follow_up(str(QUERY), [], "bottle", "Where is it?", [])
     assert prompts[-1] == "Where is it?"
@@ -228,6 +237,108 @@ def test_bad_files_get_a_message(scores_only: ServeSession, tmp_path: Path, kind
     assert scores_only.analyse(str(QUERY), [], "bottle", "").ok  # and the next request works
 
 
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` RGB pixels but holds a few bytes of data (tiny on disk)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+@pytest.fixture
+def decodes(scores_only: ServeSession, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every image PIL decodes and every model encoding, while the handlers run."""
+    calls: list[str] = []
+    load, encode = ImageFile.ImageFile.load, scores_only.model.model.encode
+
+    def recording_load(image: ImageFile.ImageFile) -> Any:
+        calls.append(f"decode {image.size}")
+        return load(image)
+
+    def recording_encode(images: torch.Tensor) -> Any:
+        calls.append("encode")
+        return encode(images)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    monkeypatch.setattr(scores_only.model.model, "encode", recording_encode)
+    return calls
+
+
+def hostile_requests(session: ServeSession, path: Path) -> list[Any]:
+    """``path`` as the upload (preview and analyse) and as a reference image."""
+    return [
+        session.preview(str(path)),
+        session.analyse(str(path), [], "bottle", ""),
+        session.analyse(str(QUERY), [str(path)], "bottle", ""),
+    ]
+
+
+@pytest.mark.parametrize(("width", "height"), [(30_000, 30_000), (6_000, 6_000)])
+def test_decompression_bombs_get_a_message_and_are_never_decoded(
+    scores_only: ServeSession, decodes: list[str], tmp_path: Path, width: int, height: int
+) -> None:
+    """30000 x 30000: PIL itself refuses to open it; 6000 x 6000: under PIL's limit, over the server's (300 x 300)."""
+    bomb = png_header(tmp_path / "bomb.png", width, height)
+    assert bomb.stat().st_size < 200
+    for analysis in hostile_requests(scores_only, bomb):
+        assert not analysis.ok
+        assert "'bomb.png'" in analysis.message
+        assert f"{width * height / 1e6:.1f} megapixels" in analysis.message
+        assert "up to 0.1 megapixels (--max-image-pixels)" in analysis.message
+        assert "Internal error" not in analysis.message
+        assert analysis.heatmap is None
+        assert analysis.image is None
+    assert decodes == []  # neither PIL nor the model saw a pixel of it
+    assert scores_only.analyse(str(QUERY), [], "bottle", "").ok  # and the next request works
+    assert "encode" in decodes
+
+
+def test_files_over_the_upload_limit_get_a_message_and_are_not_opened(
+    weights: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = ServeSession(AnomalyGPT(**weights, class_name="bottle"), max_upload_mb=0.2)  # the query (90 KB) fits
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 0.2 * MB > QUERY.stat().st_size
+    opened: list[str] = []
+    open_image = Image.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(path).name)
+        return open_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recording_open)
+    for analysis in hostile_requests(session, big):
+        assert not analysis.ok
+        assert "'big.png'" in analysis.message
+        assert "up to 0.2 MB (--max-upload-mb)" in analysis.message
+        assert analysis.heatmap is None
+    assert "big.png" not in opened  # refused by its size alone
+
+
+def test_limit_pil_decoding_makes_pil_refuse_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    bomb = png_header(tmp_path / "bomb.png", 6_000, 6_000)
+    with Image.open(bomb) as image:  # PIL's own default lets 36 MP through
+        assert image.size == (6_000, 6_000)
+    limit_pil_decoding(10_000_000)
+    with pytest.raises(Image.DecompressionBombError), Image.open(bomb):
+        pass
+
+
+def test_the_session_refuses_limits_that_are_not_positive(weights: dict[str, Any]) -> None:
+    from anomalib_agpt.errors import OptionError
+
+    model = AnomalyGPT(**weights)
+    for limits in ({"max_image_pixels": 0}, {"max_upload_mb": -1.0}):
+        with pytest.raises(OptionError, match="must be positive"):
+            ServeSession(model, **limits)
+
+
 def test_missing_inputs_and_bad_text_get_a_message(session: ServeSession) -> None:
     cases = [
         (session.analyse(None, [], "bottle", ""), "No image"),
@@ -293,6 +404,135 @@ def test_options_bind_to_loopback_by_default_and_state_the_risk(monkeypatch: pyt
     assert not is_loopback("192.168.1.5")
 
 
+def test_serve_options_dashed_underscored_and_from_a_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anomalib_agpt.apps.serve.app import parse_args
+
+    for name in ("ANOMALIB_AGPT_IMAGEBIND", "ANOMALIB_AGPT_CHECKPOINT", "ANOMALIB_AGPT_PANDAGPT"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = parse_args([])
+    assert (defaults.port, defaults.max_upload_mb, defaults.max_image_pixels) == (7860, 20.0, 25_000_000)
+    assert defaults.imagebind_checkpoint is None
+    assert isinstance(defaults.demo_dir, Path)
+    assert not hasattr(defaults, "config")
+    dashed = parse_args(["--imagebind-checkpoint", "ib.pth", "--vision-heads", "4", "--max-upload-mb", "2.5"])
+    underscored = parse_args(["--imagebind_checkpoint", "ib.pth", "--vision_heads=4", "--max_upload_mb=2.5"])
+    assert vars(dashed) == vars(underscored)
+    assert (dashed.imagebind_checkpoint, dashed.vision_heads, dashed.max_upload_mb) == ("ib.pth", 4, 2.5)
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("vision_heads: 4\ntext_heads: 2\nclass_name: metal nut\nport: 8000\nmax_upload_mb: 5\n")
+    args = parse_args(["--config", str(config), "--port", "9000"])  # later options override the file
+    assert (args.vision_heads, args.text_heads, args.class_name, args.port, args.max_upload_mb) == (
+        4,
+        2,
+        "metal nut",
+        9000,
+        5.0,
+    )
+    with pytest.raises(SystemExit) as printed:
+        parse_args(["--config", str(config), "--print_config"])
+    assert printed.value.code in (0, None)
+    assert "vision_heads: 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--vision-heads", "x"], "error: --vision-heads: expected an integer, got 'x'"),
+        (["--port", "http"], "error: --port: expected an integer, got 'http'"),
+        (["--port", "0"], "error: --port: expected 1-65535, got 0"),
+        (["--max-upload-mb", "0"], "error: --max-upload-mb: expected a positive number, got 0.0"),
+        (["--bogus"], "error: Unrecognized arguments: --bogus"),
+        (["--config", "missing.yaml"], "error: --config: File does not exist"),
+    ],
+)
+def test_serve_option_mistakes_are_one_short_line_and_exit_2(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anomalib_agpt.apps.serve.app import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(expected)
+    assert len(error.splitlines()) <= 2  # no usage block, no type dump
+    assert "Traceback" not in error
+
+
+def test_verdict_badges_on_the_page_are_labelled() -> None:
+    from anomalib_agpt.apps.serve.app import verdict_html
+    from anomalib_agpt.apps.serve.handlers import Analysis
+
+    assert verdict_html(Analysis()) == ""  # nothing analysed: nothing shown
+    no_threshold = verdict_html(Analysis(score=0.9, history=[("Is there an anomaly?", "No, it looks fine.")]))
+    assert "answer: Normal" in no_threshold
+    assert "threshold:" not in no_threshold  # no score verdict without a fitted threshold ...
+    assert "no score verdict" in no_threshold  # ... and the page says so
+    both = verdict_html(Analysis(score=0.9, threshold=0.5, history=[("q", "Yes, a crack."), ("Where?", "Top.")]))
+    assert 'class="badge anomalous">answer: Anomalous<' in both  # the first answer (to the analysed question)
+    assert 'class="badge anomalous">score &gt; threshold: Anomalous<' in both
+    scores_only = verdict_html(Analysis(score=0.2, threshold=0.5))
+    assert "answer:" not in scores_only
+    assert 'class="badge normal">score ≤ threshold: Normal<' in scores_only
+
+
+def test_uploads_reach_the_handlers_as_paths() -> None:
+    from anomalib_agpt.apps.serve.app import upload_path, upload_paths
+
+    file_data = {"path": "/tmp/gradio/abc/bottle.png", "orig_name": "bottle.png", "meta": {"_type": "gradio.FileData"}}
+    assert upload_path(file_data) == "/tmp/gradio/abc/bottle.png"
+    assert upload_path("/x/y.png") == "/x/y.png"
+    assert upload_path(None) is None
+    assert upload_paths([file_data, file_data]) == [file_data["path"]] * 2
+    assert upload_paths(None) == []
+
+
+def test_serve_launches_quietly_with_the_upload_limit_and_says_where(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No Gradio share hint (quiet), analytics off, uploads capped, PIL capped, and our own line with the URL."""
+    from types import SimpleNamespace
+
+    from anomalib_agpt.apps.serve import app, models
+
+    launched: dict[str, Any] = {}
+
+    class FakePage:
+        local_url = "http://127.0.0.1:7861/"
+
+        def queue(self, **_: Any) -> FakePage:
+            return self
+
+        def launch(self, **kwargs: Any) -> None:
+            launched.update(kwargs)
+
+        def block_thread(self) -> None:
+            launched["blocked"] = True
+
+    fake_gradio = SimpleNamespace(themes=SimpleNamespace(Default=lambda **_: "theme"))
+    served = SimpleNamespace(model="model", example_folder=None)
+    sessions: list[dict[str, Any]] = []
+    monkeypatch.setattr(app, "import_gradio", lambda: fake_gradio)
+    monkeypatch.setattr(models, "load_served_model", lambda options: served)
+    monkeypatch.setattr(app, "ServeSession", lambda model, **limits: sessions.append(limits))
+    monkeypatch.setattr(app, "build_app", lambda session, served: FakePage())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    app.main(["--port", "7861", "--max-upload-mb", "3", "--max-image-pixels", "1000000"])
+    assert launched["quiet"] is True
+    assert launched["share"] is False
+    assert launched["server_name"] == "127.0.0.1"
+    assert launched["max_file_size"] == 3 * MB
+    assert launched["blocked"]
+    assert sessions == [{"max_image_pixels": 1_000_000, "max_upload_mb": 3.0}]
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000
+    out = capsys.readouterr().out
+    assert "running on http://127.0.0.1:7861/" in out
+    assert "share=True" not in out
+
+
 def test_weights_without_llm_are_served_scores_only(weights: dict[str, Any], tmp_path: Path) -> None:
     from anomalib_agpt.apps.serve.models import ModelOptions, load_served_model
 
@@ -305,6 +545,8 @@ def test_weights_without_llm_are_served_scores_only(weights: dict[str, Any], tmp
     assert all(row[1] == "bottle" for row in served.examples)
     with pytest.raises(ValueError, match="need a model"):
         load_served_model(ModelOptions(llm="vicuna", demo_dir=tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint 'missing\.ckpt' does not exist"):
+        load_served_model(ModelOptions(checkpoint="missing.ckpt"))
 
 
 def test_a_trained_checkpoint_is_served_with_its_references_and_thresholds(
@@ -336,3 +578,10 @@ def test_a_trained_checkpoint_is_served_with_its_references_and_thresholds(
         expected = restored(read_image(QUERY, as_tensor=True)[None])
     assert analysis.score == pytest.approx(float(expected.pred_score), abs=1e-5)
     assert "normalised" in analysis.message
+    # fitted thresholds: a score verdict, labelled as one, and the label anomalib gives
+    assert session.threshold == pytest.approx(0.5)
+    assert analysis.is_anomalous == bool(expected.pred_label)
+    assert analysis.score_text == f"{analysis.score:.3f} (threshold 0.500)"
+    label = "score > threshold: Anomalous" if analysis.is_anomalous else "score ≤ threshold: Normal"
+    assert [v.text for v in analysis.verdicts] == [label]  # scores only: no answer, no answer verdict
+    assert "no score verdict" not in analysis.message.lower()

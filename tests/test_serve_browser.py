@@ -22,10 +22,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from anomalib_agpt.explanation.conversation import default_question
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 
@@ -37,7 +41,7 @@ UPDATE_SCREENSHOT = os.environ.get("ANOMALIB_AGPT_UPDATE_SCREENSHOT") == "1"
 SCREENSHOT_CHECKPOINT = os.environ.get("ANOMALIB_AGPT_SCREENSHOT_CHECKPOINT")
 QUERY = FIXTURES / "images" / "query_0_rgb_blob.png"
 REFERENCE = FIXTURES / "images" / "reference_0_good.png"
-SCORE = re.compile(r"^\d+\.\d{3} \((normal|anomalous)\)$")
+SCORE = re.compile(r"^\d+\.\d{3} \((threshold \d+\.\d{3}|no fitted threshold)\)$")
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -165,9 +169,9 @@ class Page:
     def upload(self, component: str, path: Path) -> None:
         self.find(f"#{component} input[type=file]").send_keys(str(path))
 
-    def clear(self, component: str) -> None:
-        """Remove the file a File component holds (its x button), so that it takes a new upload."""
-        self.find(f"#{component} button[aria-label='Clear']").click()
+    def clear(self, component: str, button: str = "Clear") -> None:
+        """Remove the file a File (or, ``button="Remove Image"``, an Image) component holds, to take a new upload."""
+        self.find(f"#{component} button[aria-label='{button}']").click()
         self.wait.until(lambda _: self.all(f"#{component} input[type=file]"))
 
     def status(self) -> str:
@@ -190,15 +194,27 @@ class Page:
     def score(self) -> str:
         return self.find("#score textarea, #score input").get_attribute("value")
 
+    def verdict(self) -> str:
+        return self.find("#verdict").text
+
+    def toasts(self) -> str:
+        """The text of Gradio's error pop-ups (e.g. an upload over ``max_file_size``)."""
+        return " ".join(element.text for element in self.all("[data-testid=toast-body]"))
+
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.execute_script("window.scrollTo(0, 0)")
         self.driver.save_screenshot(str(path))
 
 
+class Server(NamedTuple):
+    url: str
+    log: Path
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The reference set's model with its LLM, examples from the fixture images."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The reference set's model with its LLM, examples from the fixture images, uploads up to 1 MB."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
     options = [
         f"--imagebind-checkpoint={IMAGEBIND}",
@@ -210,17 +226,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--class-name=bottle",
         "--max-new-tokens=12",
         f"--examples={FIXTURES / 'images'}",
+        "--max_upload_mb=1",  # an underscore alias, as a --config file names it
     ]
     process, url = start_server(options, log, timeout=90)
     try:
-        yield url
+        yield Server(url, log)
     finally:
         stop_server(process)
 
 
-def test_upload_analyse_and_follow_up_in_a_browser(server: str, browser: Any, tmp_path: Path) -> None:
+def test_upload_analyse_and_follow_up_in_a_browser(server: Server, browser: Any, tmp_path: Path) -> None:
     page = Page(browser, timeout=60)
-    page.open(server)
+    page.open(server.url)
     banner = page.find("#banner").text
     assert "AnomalyGPT weights" in banner
     assert "imagebind.pth" in banner
@@ -233,16 +250,22 @@ def test_upload_analyse_and_follow_up_in_a_browser(server: str, browser: Any, tm
     assert "is not an image file" in page.wait_status("not_an_image.png")
     assert "Traceback" not in page.status()
 
-    page.clear("image-input")
+    page.clear("image-input", "Remove Image")
     page.upload("image-input", QUERY)
-    page.wait.until(lambda _: page.image_loaded("view"))
+    page.wait.until(lambda _: page.image_loaded("image-input"))  # the upload itself is previewed ...
+    page.wait.until(lambda _: page.image_loaded("view"))  # ... and so is what the model sees of it
     page.upload("references-input", REFERENCE)
     page.find("#analyse").click()
     page.wait.until(lambda _: page.image_loaded("heatmap") and page.answers())
     assert page.image_loaded("mask")
     assert SCORE.match(page.score()), page.score()
+    assert page.score().endswith("(no fitted threshold)")
+    verdict = page.verdict()  # the answer's verdict, labelled; no score verdict without fitted thresholds
+    assert re.search(r"answer: (Normal|Anomalous)", verdict), verdict
+    assert "threshold:" not in verdict
+    assert "no score verdict" in verdict
     chat = page.find("#chat").text
-    assert "This is a photo of a bottle for anomaly detection" in chat  # the default question was asked
+    assert default_question("bottle") in chat  # the default question (the one shown in grey) was asked
     first_answer = page.answers()[0]
 
     follow_up = page.find("#follow-up textarea")
@@ -258,8 +281,21 @@ def test_upload_analyse_and_follow_up_in_a_browser(server: str, browser: Any, tm
     assert "The question is empty" in page.wait_status("question is empty")
     assert len(page.answers()) == 2  # the conversation stays as it was
 
+    # a file over --max-upload-mb: Gradio refuses it before it is sent, naming the file and the limit
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1024 * 1024
+    page.clear("references-input")
+    page.upload("references-input", big)
+    page.wait.until(lambda _: "big.png" in page.toasts())
+    assert "exceed the maximum allowed size of 1.0 Mb" in page.toasts()
+    assert len(page.answers()) == 2  # nothing else changed
+
     assert requested_hosts(browser) <= LOOPBACK  # no CDN, fonts or analytics: everything from the server
     assert (tmp_path / "web_demo.png").stat().st_size > 10_000
+    log = server.log.read_text()
+    assert re.search(r"anomalib-agpt serve: running on http://127\.0\.0\.1:\d+/", log)  # our line with the URL
+    assert "share=True" not in log  # Gradio's share hint is not printed
 
 
 @pytest.mark.skipif(not UPDATE_SCREENSHOT, reason="set ANOMALIB_AGPT_UPDATE_SCREENSHOT=1 to rewrite the README image")

@@ -1,4 +1,4 @@
-"""ExplanationVisualizer: ImageVisualizer's panels plus the answer band, saved under ImageVisualizer's names."""
+"""ExplanationVisualizer: ImageVisualizer's panels plus the answer band with labelled verdicts, under its file names."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from anomalib.visualization.image.item_visualizer import visualize_image_item
 from PIL import Image
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
-from anomalib_agpt.callbacks.visualizer import ANOMALOUS_COLOR, NORMAL_COLOR, wrap_text
+from anomalib_agpt.callbacks.visualizer import (
+    ANOMALOUS_COLOR,
+    NORMAL_COLOR,
+    Band,
+    drawable,
+    score_threshold,
+    verdicts,
+    wrap_text,
+)
 
 ANSWERS = [
     "Yes, there is an anomaly in the image, at the top left of the image.",
@@ -56,6 +64,30 @@ def count_near(pixels: np.ndarray, color: tuple[int, int, int], tolerance: int =
 
 def fake_trainer(root: Path) -> SimpleNamespace:
     return SimpleNamespace(default_root_dir=str(root), datamodule=None)
+
+
+def fake_module(threshold: float | None, normalization: bool = True) -> SimpleNamespace:
+    """A model whose anomalib post-processor has fitted ``threshold`` (None: a fresh one, nothing fitted)."""
+    from anomalib.post_processing import PostProcessor
+
+    post = PostProcessor(enable_normalization=normalization)
+    if threshold is not None:
+        post._image_threshold = torch.tensor(threshold)
+    return SimpleNamespace(post_processor=post)
+
+
+def record_bands(visualizer: ExplanationVisualizer, monkeypatch: pytest.MonkeyPatch) -> list[Band]:
+    """Every band ``visualizer`` composes (and then draws), in order."""
+    bands: list[Band] = []
+    compose = visualizer.compose_band
+
+    def recording(*args: object, **kwargs: object) -> Band:
+        band = compose(*args, **kwargs)  # type: ignore[arg-type]
+        bands.append(band)
+        return band
+
+    monkeypatch.setattr(visualizer, "compose_band", recording)
+    return bands
 
 
 def test_same_constructor_defaults_as_image_visualizer() -> None:
@@ -180,3 +212,70 @@ def test_hooks_without_explanation_save_image_visualizer_files(tmp_path: Path) -
     for name in ("crack/000.png", "good/001.png"):
         ours, theirs = Image.open(tmp_path / "ours" / name), Image.open(tmp_path / "theirs" / name)
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled verdicts: which comes from the answer, which from the score threshold
+# --------------------------------------------------------------------------------------------
+def test_verdicts_say_where_they_come_from() -> None:
+    assert [v.text for v in verdicts(ANSWERS[0], 0.9, 0.5)] == ["answer: Anomalous", "score > threshold: Anomalous"]
+    assert [v.text for v in verdicts(ANSWERS[1], 0.2, 0.5)] == ["answer: Normal", "score ≤ threshold: Normal"]
+    # the two sources can disagree: both are shown, each with its label
+    disagree = verdicts(ANSWERS[1], 0.9, 0.5)
+    assert [(v.source, v.anomalous) for v in disagree] == [("answer", False), ("score > threshold", True)]
+    assert [v.text for v in verdicts(None, 0.2, 0.5)] == ["score ≤ threshold: Normal"]  # no answer: no answer verdict
+    assert verdicts("", None, None) == []
+
+
+def test_a_missing_threshold_gives_no_score_verdict() -> None:
+    for threshold in (None, float("nan")):
+        assert [v.text for v in verdicts(ANSWERS[1], 0.9, threshold)] == ["answer: Normal"]
+    band = ExplanationVisualizer().compose_band(ANSWERS[1], 0.9, None, width=256)
+    assert [v.text for v in band.verdicts] == ["answer: Normal"]
+    assert "No fitted threshold: no score verdict" in band.note
+    fitted = ExplanationVisualizer().compose_band(ANSWERS[1], 0.9, 0.5, width=256)
+    assert [v.text for v in fitted.verdicts] == ["answer: Normal", "score > threshold: Anomalous"]
+    assert "score: the image score against the fitted threshold" in fitted.note
+
+
+def test_score_threshold_is_the_post_processors_fitted_one() -> None:
+    assert score_threshold(None) is None
+    assert score_threshold(SimpleNamespace()) is None
+    assert score_threshold(fake_module(None)) is None  # a fresh PostProcessor labels scores, but fitted nothing
+    assert score_threshold(fake_module(3.2)) == pytest.approx(0.5)  # normalised scores: 0.5 is the fitted threshold
+    assert score_threshold(fake_module(3.2, normalization=False)) == pytest.approx(3.2)
+
+
+@pytest.mark.parametrize("hook", ["on_test_batch_end", "on_predict_batch_end"])
+def test_hooks_label_both_verdicts_and_give_none_from_the_score_without_a_threshold(
+    tmp_path: Path, hook: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = make_batch(tmp_path)  # answers: Yes / No; scores 0.9 / 0.1
+    visualizer = ExplanationVisualizer(output_dir=tmp_path / "out")
+    bands = record_bands(visualizer, monkeypatch)
+    getattr(visualizer, hook)(fake_trainer(tmp_path), fake_module(None), batch, batch, 0)
+    assert [[v.text for v in band.verdicts] for band in bands] == [["answer: Anomalous"], ["answer: Normal"]]
+    assert all("no score verdict" in band.note for band in bands)
+
+    bands.clear()
+    getattr(visualizer, hook)(fake_trainer(tmp_path), fake_module(0.3), batch, batch, 0)
+    assert [[v.text for v in band.verdicts] for band in bands] == [
+        ["answer: Anomalous", "score > threshold: Anomalous"],
+        ["answer: Normal", "score ≤ threshold: Normal"],
+    ]
+    good = list(batch)[1]
+    saved = np.asarray(Image.open(tmp_path / "out" / "good" / "001.png").convert("RGB"))
+    assert np.array_equal(saved, np.asarray(visualizer.render(good, 0.5)))  # what was composed is what was saved
+
+
+def test_drawn_lines_are_the_composed_ones_in_the_built_in_font() -> None:
+    visualizer = ExplanationVisualizer()
+    band = visualizer.compose_band("No, all good. " * 12, 0.1, 0.5, width=200)
+    font_width = 200 - 2 * visualizer.padding
+    from anomalib_agpt.callbacks.visualizer import load_font
+
+    font = load_font(visualizer.font_size)
+    assert len(band.lines) > 1
+    assert all(font.getlength(line) <= font_width for line in band.lines + band.note_lines)
+    assert drawable(band.verdicts[-1].text) == "score <= threshold: Normal"  # the font has no '≤'
+    assert drawable("a ≥ b") == "a >= b"

@@ -1,24 +1,37 @@
 """``anomalib-agpt serve``: AnomalyGPT's web demo on Gradio (anomalib's web UI library), offline and local.
 
 Upload or pick an image (and, optionally, normal reference images for few-shot), see the anomaly
-heatmap, the predicted mask, the score and the model's answer, and ask follow-up questions. The page
-only wires Gradio components to :class:`~anomalib_agpt.apps.serve.handlers.ServeSession`; all behaviour
-lives there. Nothing is fetched from the network: analytics are off and the theme uses system fonts.
+heatmap, the predicted mask, the score, labelled verdicts and the model's answer, and ask follow-up
+questions. The page only wires Gradio components to :class:`~anomalib_agpt.apps.serve.handlers.ServeSession`;
+all behaviour lives there. Nothing is fetched from the network: analytics are off, the theme uses system
+fonts and Gradio prints no share-link hint. Options are parsed by jsonargparse, as anomalib's CLI does:
+``--config serve.yaml`` (the same names with underscores) and ``--print_config``.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import ipaddress
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from anomalib_agpt.apps.serve.handlers import DEFAULT_MAX_IMAGE_PIXELS, Analysis, ServeSession
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from anomalib_agpt.apps.serve.handlers import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    MB,
+    Analysis,
+    ServeSession,
+    limit_pil_decoding,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -27,69 +40,148 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PROG = "anomalib-agpt serve"
 INSTALL_HINT = "anomalib-agpt serve needs Gradio: pip install 'anomalib-agpt[serve]'"
 HOST_HELP = (
     "address to listen on (default 127.0.0.1: this machine only). The page has NO authentication: anyone "
     "who can reach the address can run the model, upload files and read the example images, so only pass "
     "another host (e.g. 0.0.0.0, all interfaces) on a network you trust, or behind an authenticating proxy."
 )
+CONFIG_HELP = (
+    "a YAML file of these options, named with underscores (e.g. 'max_upload_mb: 20'); options given after "
+    "it override it. --print_config prints one."
+)
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
 CSS = """
 #status p { margin: 0; }
 #status.error, .status-error { color: #b42318; }
+#verdict .verdicts { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
+#verdict .badge { color: #fff; border-radius: 4px; padding: 2px 8px; font-weight: 600; }
+#verdict .badge.anomalous { background: #c81e1e; }
+#verdict .badge.normal { background: #1e9632; }
+#verdict .no-verdict { color: #666; }
 """
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works)."""
+class _Parser(ArgumentParser):
+    """jsonargparse's parser whose errors are one short line (exit status 2), not usage and type dumps."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """``error: <short message>`` on stderr and exit status 2 (or jsonargparse's exception when not exiting)."""
+        if not self.exit_on_error:
+            super().error(message, ex)
+        sys.stderr.write(f"error: {short_error(message)}\n({PROG} --help lists the options)\n")
+        self.exit(2)
+
+
+def short_error(message: str) -> str:
+    """A jsonargparse error as one line: ``--vision-heads: expected an integer, got 'x'``."""
+    found = re.match(r'Parser key "([^"]+)":\s*(.*)', message, flags=re.DOTALL)
+    dashed_key = re.match(r'Key "(\w+)" not found in namespace', message)  # a dashed key in a --config file
+    if dashed_key is not None:
+        return f"{message.strip()} (--config files name the options with underscores: {dashed_key.group(1)})"
+    if found is None:
+        return " ".join(message.split())[:300]
+    option, detail = "--" + found.group(1).replace("_", "-"), found.group(2)
+    expected = [_TYPE_WORDS.get(name, name) for name in re.findall(r"Expected a <class '(\w+)'>", detail)]
+    expected = [word for word in expected if word != "NoneType"]
+    value = re.search(r"(?:Given|Got) value: (.*)", detail)
+    if expected and value:
+        return f"{option}: expected {' or '.join(expected)}, got '{value.group(1).strip()}'"
+    return f"{option}: {' '.join(detail.split())[:300]}"
+
+
+def build_parser() -> ArgumentParser:
+    """The ``serve`` options: dashed flags, with underscore aliases (the names a ``--config`` file uses)."""
     from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
 
-    parser = argparse.ArgumentParser(
-        prog="anomalib-agpt serve",
-        description="Web demo: image in; anomaly heatmap, mask, score and a conversation about the defect out. "
-        "With no model options it serves the demo preset (random weights) and says so on the page.",
+    parser = _Parser(
+        prog=PROG,
+        description="Web demo: image in; anomaly heatmap, mask, score, labelled verdicts and a conversation about "
+        "the defect out. With no model options it serves the demo preset (random weights) and says so on the page.",
+        default_env=False,
     )
+    parser.add_argument("--config", action=ActionConfigFile, help=CONFIG_HELP)
+
+    def option(group: Any, name: str, **kwargs: Any) -> None:  # noqa: ANN401 - an argparse group
+        dashed = f"--{name}"
+        underscored = dashed[:2] + dashed[2:].replace("-", "_")
+        group.add_argument(*dict.fromkeys((dashed, underscored)), **kwargs)
+
     model = parser.add_argument_group("model (none given: the demo preset)")
-    model.add_argument("--checkpoint", help="a trained Lightning checkpoint (e.g. from `anomalib-agpt demo`)")
-    model.add_argument(
-        "--imagebind-checkpoint",
+    option(model, "checkpoint", type=str | None, help="a trained Lightning checkpoint (e.g. from `anomalib-agpt demo`)")
+    option(
+        model,
+        "imagebind-checkpoint",
+        type=str | None,
         default=os.environ.get(IMAGEBIND_ENV) or None,
         help=f"imagebind_huge.pth (default ${IMAGEBIND_ENV})",
     )
-    model.add_argument(
-        "--anomalygpt-checkpoint",
+    option(
+        model,
+        "anomalygpt-checkpoint",
+        type=str | None,
         default=os.environ.get(CHECKPOINT_ENV) or None,
         help=f"AnomalyGPT delta, e.g. train_supervised/pytorch_model.pt (default ${CHECKPOINT_ENV})",
     )
-    model.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (16 for Huge)")
-    model.add_argument("--text-heads", type=int, help="attention heads of the text tower (16 for Huge)")
-    model.add_argument("--llm", help="LLM folder (Vicuna-7B v0) for answers; without it: scores only")
-    model.add_argument(
-        "--pandagpt-checkpoint",
+    option(model, "vision-heads", type=int | None, help="attention heads of the vision tower (16 for Huge)")
+    option(model, "text-heads", type=int | None, help="attention heads of the text tower (16 for Huge)")
+    option(model, "llm", type=str | None, help="LLM folder (Vicuna-7B v0) for answers; without it: scores only")
+    option(
+        model,
+        "pandagpt-checkpoint",
+        type=str | None,
         default=os.environ.get(PANDAGPT_ENV) or None,
         help=f"PandaGPT delta (llama_proj and LoRA; default ${PANDAGPT_ENV})",
     )
-    model.add_argument("--class-name", help="object name for the prompts (the page can switch it)")
-    model.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens")
-    model.add_argument("--examples", help="folder of images offered as examples on the page")
-    model.add_argument(
-        "--demo-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "anomalib_agpt_serve_demo",
+    option(model, "class-name", type=str | None, help="object name for the prompts (the page can switch it)")
+    option(model, "max-new-tokens", type=int | None, help="longest answer, in tokens")
+    option(model, "examples", type=str | None, help="folder of images offered as examples on the page")
+    option(
+        model,
+        "demo-dir",
+        type=str,
+        default=str(Path(tempfile.gettempdir()) / "anomalib_agpt_serve_demo"),
         help="where the demo preset writes its synthetic images",
     )
-    model.add_argument("--seed", type=int, default=0, help="seed of the demo preset")
+    option(model, "seed", type=int, default=0, help="seed of the demo preset")
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
-    server.add_argument("--port", type=int, default=7860)
-    server.add_argument(
-        "--max-image-pixels",
+    option(server, "host", type=str, default="127.0.0.1", help=HOST_HELP)
+    option(server, "port", type=int, default=7860, help="port to listen on")
+    option(
+        server,
+        "max-image-pixels",
         type=int,
         default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="largest image (width x height) accepted; larger ones get a message (default %(default)s)",
+        help="largest image (width x height) decoded; larger ones, decompression bombs included, get a message",
     )
-    server.add_argument("--max-upload-mb", type=int, default=50, help="largest upload, in MB (default %(default)s)")
-    return parser.parse_args(list(argv))
+    option(
+        server,
+        "max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest uploaded file, in MB; larger ones get a message and are not opened",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works).
+
+    Mistakes print one ``error: ...`` line and exit with status 2. The result is a plain namespace with
+    one attribute per option (underscored), ``demo_dir`` a :class:`~pathlib.Path`.
+    """
+    parser = build_parser()
+    config = parser.parse_args(list(argv))
+    values = {key: value for key, value in config.as_dict().items() if key != "config"}
+    if not 0 < values["port"] < 65536:
+        parser.error(f"--port: expected 1-65535, got {values['port']}")
+    for name in ("max_image_pixels", "max_upload_mb", "vision_heads", "text_heads", "max_new_tokens"):
+        if values[name] is not None and not values[name] > 0:
+            parser.error(f"--{name.replace('_', '-')}: expected a positive number, got {values[name]}")
+    values["demo_dir"] = Path(values["demo_dir"])
+    return argparse.Namespace(**values)
 
 
 def import_gradio() -> Any:  # noqa: ANN401
@@ -110,6 +202,36 @@ def status_markdown(analysis: Analysis) -> str:
     return f"⚠️ **{analysis.message}**" if not analysis.ok else analysis.message
 
 
+def verdict_html(analysis: Analysis) -> str:
+    """The labelled verdict badges (``answer: ...``, ``score > threshold: ...``), or that there is no score verdict."""
+    if analysis.score is None:
+        return ""
+    badges = [
+        f'<span class="badge {"anomalous" if v.anomalous else "normal"}">{html.escape(v.text)}</span>'
+        for v in analysis.verdicts
+    ]
+    if analysis.threshold is None:
+        badges.append('<span class="no-verdict">no score verdict: the model has no fitted threshold</span>')
+    return f'<div class="verdicts"><strong>Verdict</strong> {" ".join(badges)}</div>'
+
+
+def upload_path(value: Any) -> str | None:  # noqa: ANN401 - what Gradio sends for a file
+    """The server-side path of an upload as Gradio passes it unprocessed (a FileData dict), or a plain path."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value.get("path")
+    return str(getattr(value, "path", value))
+
+
+def upload_paths(value: Any) -> list[str]:  # noqa: ANN401 - what Gradio sends for a multi-file input
+    """:func:`upload_path` of each file of a multi-file upload."""
+    if value is None:
+        return []
+    files = value if isinstance(value, list) else [value]
+    return [path for path in (upload_path(file) for file in files) if path]
+
+
 def chat_messages(history: Sequence[Sequence[str]]) -> list[dict[str, str]]:
     """``(question, answer)`` turns as the Chatbot's messages."""
     messages = []
@@ -128,25 +250,30 @@ def build_app(session: ServeSession, served: ServedModel) -> gr.Blocks:
         keep = follow_up and not analysis.ok
         images = [gr.skip() if keep else value for value in (analysis.image, analysis.heatmap, analysis.mask)]
         score = gr.skip() if keep else analysis.score_text
+        verdict = gr.skip() if keep else verdict_html(analysis)
         history = gr.skip() if keep else analysis.history
         chat = gr.skip() if keep else chat_messages(analysis.history)
-        return (*images, score, chat, history, status_markdown(analysis))
+        return (*images, score, verdict, chat, history, status_markdown(analysis))
 
-    def on_image(image: str | None) -> tuple[Any, str]:
-        analysis = session.preview(image)
+    # The file inputs reach these unprocessed (preprocess=False): Gradio's Image would open the upload
+    # with PIL (and re-encode non-RGB images) before the handlers could check its size and header.
+    def on_image(image: Any) -> tuple[Any, str]:  # noqa: ANN401
+        analysis = session.preview(upload_path(image))
         return analysis.image, status_markdown(analysis)
 
-    def on_analyse(image: str | None, references: list[str] | None, class_name: str, question: str) -> tuple:
-        return outputs(session.analyse(image, references, class_name, question), follow_up=False)
+    def on_analyse(image: Any, references: Any, class_name: str, question: str) -> tuple:  # noqa: ANN401
+        analysis = session.analyse(upload_path(image), upload_paths(references), class_name, question)
+        return outputs(analysis, follow_up=False)
 
     def on_follow_up(
-        image: str | None,
-        references: list[str] | None,
+        image: Any,  # noqa: ANN401
+        references: Any,  # noqa: ANN401
         class_name: str,
         question: str,
         history: list[tuple[str, str]],
     ) -> tuple:
-        analysis = session.follow_up(image, references, class_name, question, history)
+        paths = upload_path(image), upload_paths(references)
+        analysis = session.follow_up(*paths, class_name, question, history)
         return (*outputs(analysis, follow_up=True), "" if analysis.ok else gr.skip())
 
     def on_class_name(class_name: str) -> Any:  # noqa: ANN401
@@ -160,7 +287,14 @@ def build_app(session: ServeSession, served: ServedModel) -> gr.Blocks:
         gr.Markdown(served.description, elem_id="banner")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.File(label="Image", file_types=["image"], type="filepath", height=160, elem_id="image-input")
+                image = gr.Image(
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=240,
+                    elem_id="image-input",
+                )
                 references = gr.File(
                     label="Normal reference images (optional: few-shot)",
                     file_count="multiple",
@@ -199,7 +333,9 @@ def build_app(session: ServeSession, served: ServedModel) -> gr.Blocks:
                             ("Predicted mask", "mask"),
                         )
                     )
-                score = gr.Textbox(label="Anomaly score", interactive=False, elem_id="score")
+                with gr.Row(equal_height=True):
+                    score = gr.Textbox(label="Anomaly score", interactive=False, scale=1, elem_id="score")
+                    verdict = gr.HTML(elem_id="verdict", padding=True)
                 chatbot = gr.Chatbot(
                     label="Conversation (the bin icon starts a new one)",
                     height=260,
@@ -217,13 +353,14 @@ def build_app(session: ServeSession, served: ServedModel) -> gr.Blocks:
                     ask = gr.Button("Ask", scale=1, elem_id="ask")
         history = gr.State([])
 
-        shown = [view, heatmap, mask, score, chatbot, history, status]
-        image.change(on_image, inputs=image, outputs=[view, status])
+        shown = [view, heatmap, mask, score, verdict, chatbot, history, status]
+        image.change(on_image, inputs=image, outputs=[view, status], preprocess=False)
         class_name.change(on_class_name, inputs=class_name, outputs=question)
-        analyse.click(on_analyse, inputs=[image, references, class_name, question], outputs=shown)
+        inputs = [image, references, class_name, question]
+        analyse.click(on_analyse, inputs=inputs, outputs=shown, preprocess=False)
         follow_inputs = [image, references, class_name, follow_up, history]
-        ask.click(on_follow_up, inputs=follow_inputs, outputs=[*shown, follow_up])
-        follow_up.submit(on_follow_up, inputs=follow_inputs, outputs=[*shown, follow_up])
+        ask.click(on_follow_up, inputs=follow_inputs, outputs=[*shown, follow_up], preprocess=False)
+        follow_up.submit(on_follow_up, inputs=follow_inputs, outputs=[*shown, follow_up], preprocess=False)
         chatbot.clear(lambda: ([], ""), outputs=[history, status])
     return app
 
@@ -244,17 +381,14 @@ def main(argv: Sequence[str] = ()) -> None:
     gr = import_gradio()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from anomalib_agpt.apps.serve.models import ModelOptions, load_served_model
-    from anomalib_agpt.model.checkpoints import CheckpointError
 
+    limit_pil_decoding(args.max_image_pixels)
     options = ModelOptions(
         **{name: getattr(args, name) for name in ModelOptions.__dataclass_fields__ if hasattr(args, name)}
     )
-    print("anomalib-agpt serve: loading the model ...", flush=True)
-    try:
-        served = load_served_model(options)
-        session = ServeSession(served.model, max_image_pixels=args.max_image_pixels)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(f"anomalib-agpt serve: {error}") from error
+    print(f"{PROG}: loading the model ...", flush=True)
+    served = load_served_model(options)
+    session = ServeSession(served.model, max_image_pixels=args.max_image_pixels, max_upload_mb=args.max_upload_mb)
     app = build_app(session, served)
     if not is_loopback(args.host):
         print(
@@ -272,8 +406,10 @@ def main(argv: Sequence[str] = ()) -> None:
         server_port=args.port,
         share=False,
         inbrowser=False,
+        quiet=True,  # no "set share=True" hint; the line below says where the page is
+        prevent_thread_lock=True,
         show_error=False,
-        max_file_size=f"{args.max_upload_mb}mb",
+        max_file_size=int(args.max_upload_mb * MB),
         allowed_paths=[str(served.example_folder)] if served.example_folder else None,
         footer_links=["gradio", "settings"],
         run_history=False,
@@ -284,3 +420,5 @@ def main(argv: Sequence[str] = ()) -> None:
         theme=theme,
         css=CSS,
     )
+    print(f"{PROG}: running on {app.local_url} (Ctrl+C stops it)", flush=True)
+    app.block_thread()

@@ -4,6 +4,14 @@ They sit on :class:`~anomalib_agpt.explanation.chat.AnomalyGPTChat` and need no 
 is tested without a browser. Every handler returns an :class:`Analysis`: bad input becomes its
 ``message`` (never an exception or a stack trace), so one bad request cannot take the server down.
 
+Hostile uploads are refused before anything is decoded: a file over the size limit (``--max-upload-mb``)
+by its size, an image over the pixel limit (``--max-image-pixels``, decompression bombs included) by its
+header; :func:`limit_pil_decoding` makes PIL itself refuse to decode more.
+
+Verdicts are labelled with where they come from (:mod:`anomalib_agpt.callbacks.visualizer`'s rules):
+``answer: ...`` from the model's first answer, ``score > threshold: ...`` from the image score, and the
+latter only when the model has a fitted threshold.
+
 Model work is cached: an uploaded image is encoded once (keyed by its content), a follow-up question
 reuses that encoding, a class-name switch only recomputes the map from the kept features, and
 reference images are encoded again only when they change.
@@ -32,6 +40,8 @@ from anomalib.visualization.image.functional import (
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_agpt.callbacks.visualizer import Verdict, score_threshold, score_verdict, verdicts
+from anomalib_agpt.errors import AnomalyGPTError, OptionError
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.conversation import default_question
 from anomalib_agpt.model.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
@@ -43,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 """Largest upload (width x height) decoded: 25 MP, ~300 MB as a float tensor on the way to 224 x 224."""
+DEFAULT_MAX_UPLOAD_MB = 20.0
+"""Largest uploaded file, in MB (:data:`MB` bytes each, as Gradio counts them)."""
+MB = 1024 * 1024
 DISPLAY_SIDE = 448
 """Long side of the images shown on the page."""
 MAX_QUESTION_CHARS = 1000
@@ -61,7 +74,7 @@ History = list[tuple[str, str]]
 _CLASS_NAME = re.compile(r"[\w .\-]+")
 
 
-class BadInputError(ValueError):
+class BadInputError(AnomalyGPTError, ValueError):
     """Input the page explains to its user as a message (a missing, non-image or huge file, an empty question)."""
 
 
@@ -79,8 +92,10 @@ class Analysis:
     """The predicted mask itself (bool, the size of ``image``)."""
     score: float | None = None
     """The image score, as ``model(image).pred_score`` gives it (normalised when thresholds were fitted)."""
+    threshold: float | None = None
+    """The fitted threshold ``score`` is compared with (0.5 after normalisation); None: none was fitted."""
     is_anomalous: bool | None = None
-    """The model's label for the score (its fitted threshold; 0.5 when none was fitted)."""
+    """The score's verdict (``score > threshold``); None without a fitted threshold: no score verdict."""
     history: History = field(default_factory=list)
     """The conversation so far: ``(question, answer)`` turns."""
     message: str = ""
@@ -94,12 +109,23 @@ class Analysis:
         return self.history[-1][1] if self.history else None
 
     @property
+    def first_answer(self) -> str | None:
+        """The answer to the analysed question (the conversation's first), which the answer verdict reads."""
+        return self.history[0][1] if self.history else None
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """``answer: ...`` (with an answer) and ``score > threshold: ...`` (with a fitted threshold), labelled."""
+        return verdicts(self.first_answer, self.score, self.threshold)
+
+    @property
     def score_text(self) -> str:
-        """The score and the label it implies, for the page."""
+        """The score and the threshold it is compared with, for the page (no verdict: that is :attr:`verdicts`)."""
         if self.score is None:
             return ""
-        verdict = "anomalous" if self.is_anomalous else "normal"
-        return f"{self.score:.3f} ({verdict})"
+        if self.threshold is None:
+            return f"{self.score:.3f} (no fitted threshold)"
+        return f"{self.score:.3f} (threshold {self.threshold:.3f})"
 
 
 @dataclass
@@ -120,8 +146,23 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_image_file(path: str | Path | None, max_pixels: int, what: str = "image") -> Path:
-    """The upload as a path, after checking from its header (nothing decoded yet) that it is a sane image."""
+def limit_pil_decoding(max_pixels: int) -> None:
+    """Make PIL refuse to open images over ``max_pixels`` pixels (x 2) in this process: decompression bombs.
+
+    The handlers already refuse larger images from their header; this also covers any other decoder call.
+    PIL warns above ``Image.MAX_IMAGE_PIXELS`` and raises ``DecompressionBombError`` above twice that. The
+    setting is process-wide, so the server (``serve``), not :class:`ServeSession`, makes it.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def check_image_file(
+    path: str | Path | None,
+    max_pixels: int,
+    what: str = "image",
+    max_bytes: int | None = None,
+) -> Path:
+    """The upload as a path, after checking its size and header (nothing decoded yet): a sane image within limits."""
     if path is None or not str(path).strip():
         msg = f"No {what}: upload one or pick an example."
         raise BadInputError(msg)
@@ -129,11 +170,23 @@ def check_image_file(path: str | Path | None, max_pixels: int, what: str = "imag
     if not path.is_file():
         msg = f"The {what} '{path.name}' did not arrive; upload it again."
         raise BadInputError(msg)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        msg = (
+            f"The {what} '{path.name}' is {size / MB:.3g} MB; this server accepts files up to "
+            f"{max_bytes / MB:.3g} MB (--max-upload-mb). Nothing was opened: upload a smaller file."
+        )
+        raise BadInputError(msg)
     try:
         with Image.open(path) as image:
             width, height = image.size
     except Image.DecompressionBombError as error:
-        msg = f"The {what} '{path.name}' is too large to open safely ({error})."
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        declared = f"declares {int(found.group(1)) / 1e6:.1f} megapixels" if found else "declares too many pixels"
+        msg = (
+            f"The {what} '{path.name}' {declared} (a decompression bomb?); this server accepts up to "
+            f"{max_pixels / 1e6:.1f} megapixels (--max-image-pixels). Nothing was decoded."
+        )
         raise BadInputError(msg) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"'{path.name}' is not an image file this page can read; upload a PNG, JPEG, BMP, TIFF or WebP image."
@@ -210,6 +263,7 @@ class ServeSession:
         model: The model to serve (weights, a restored checkpoint or the demo preset). Its LLM, when it
             has one, is loaded here, before the first request.
         max_image_pixels: Largest image (width x height) accepted; larger uploads get a message.
+        max_upload_mb: Largest file accepted, in MB (of :data:`MB` bytes); larger files get a message.
         cache_size: Encoded images kept for follow-up questions.
 
     Example:
@@ -224,10 +278,15 @@ class ServeSession:
         self,
         model: AnomalyGPT,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
         cache_size: int = CACHE_SIZE,
     ) -> None:
+        if max_image_pixels <= 0 or not max_upload_mb > 0:
+            msg = f"--max-image-pixels ({max_image_pixels}) and --max-upload-mb ({max_upload_mb}) must be positive."
+            raise OptionError(msg)
         self.model = model.eval()
         self.max_image_pixels = max_image_pixels
+        self.max_upload_bytes = int(max_upload_mb * MB)
         self.cache_size = cache_size
         self.explains = model.model.llm_spec is not None or model.model.llm_head is not None
         model.prepare(load_llm=self.explains)
@@ -239,6 +298,8 @@ class ServeSession:
                 torch.isfinite(getattr(post, name, torch.tensor(float("nan")))) for name in ("pixel_min", "pixel_max")
             )
         )
+        self.threshold = score_threshold(model)
+        """The fitted image threshold scores are compared with; None: no score verdict."""
         self._default_memory = model.model.reference_memory.clone()
         self._references: tuple[str, ...] = ()
         self._encoded: OrderedDict[str, _Encoded] = OrderedDict()
@@ -256,9 +317,9 @@ class ServeSession:
         if image is None:
             return Analysis()
         try:
-            path = check_image_file(image, self.max_image_pixels)
+            path = self._check(image)
             return Analysis(image=to_display(model_view(read_upload(path), self.model.resize_mode)))
-        except BadInputError as error:
+        except AnomalyGPTError as error:
             return Analysis(message=str(error), ok=False)
 
     def analyse(
@@ -290,7 +351,7 @@ class ServeSession:
         try:
             with self._lock:
                 return handler()
-        except BadInputError as error:
+        except AnomalyGPTError as error:  # BadInputError and the product's other user errors
             return Analysis(message=str(error), ok=False)
         except Exception as error:
             logger.exception("anomalib-agpt serve: request failed")
@@ -350,8 +411,8 @@ class ServeSession:
         class_name: str | None,
     ) -> _Encoded:
         """The cached chat of ``image``, its map up to date with the class name and references."""
-        path = check_image_file(image, self.max_image_pixels)
-        reference_paths = [check_image_file(r, self.max_image_pixels, "reference image") for r in references or []]
+        path = self._check(image)
+        reference_paths = [self._check(r, "reference image") for r in references or []]
         if len(reference_paths) > MAX_REFERENCES:
             msg = f"{len(reference_paths)} reference images; this page takes up to {MAX_REFERENCES}."
             raise BadInputError(msg)
@@ -377,21 +438,33 @@ class ServeSession:
         post = self.model.post_processor
         scores = post(encoded.chat.scores) if post is not None else encoded.chat.scores
         heatmap, drawn, mask = render(encoded.view, scores, stretch=not self.calibrated)
-        label = scores.pred_label if scores.pred_label is not None else scores.pred_score > 0.5
-        note = (
-            "Heatmap colours: normalised scores (0.5 is the fitted threshold)."
-            if self.calibrated
-            else "Heatmap colours are stretched to this image's own range (the model has no fitted thresholds)."
-        )
+        score = float(scores.pred_score.reshape(-1)[0])
+        verdict = score_verdict(score, self.threshold)
+        if verdict is None and not self.calibrated:
+            note = (
+                "The model has no fitted thresholds: no score verdict, and the heatmap colours are stretched to "
+                "this image's own range."
+            )
+        elif verdict is None:
+            note = "No score verdict: the model has no fitted image threshold. Heatmap colours: normalised scores."
+        elif self.calibrated:
+            note = "Heatmap colours: normalised scores (0.5 is the fitted threshold)."
+        else:
+            note = "Heatmap colours are stretched to this image's own range (no fitted normalisation)."
         return Analysis(
             image=encoded.view,
             heatmap=heatmap,
             mask=drawn,
             pred_mask=mask,
-            score=float(scores.pred_score.reshape(-1)[0]),
-            is_anomalous=bool(label.reshape(-1)[0]),
+            score=score,
+            threshold=self.threshold,
+            is_anomalous=verdict.anomalous if verdict else None,
             message=note,
         )
+
+    def _check(self, path: str | Path | None, what: str = "image") -> Path:
+        """:func:`check_image_file` with this server's limits."""
+        return check_image_file(path, self.max_image_pixels, what, self.max_upload_bytes)
 
     def _class_name(self, class_name: str | None) -> str:
         """The page's class name, checked; empty means the model's own."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from anomalib.data.utils.image import is_image_file
 
-from anomalib_agpt.errors import OptionError
+from anomalib_agpt.errors import MissingFileError, OptionError
 from anomalib_agpt.model.lightning_model import AnomalyGPT
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def load_served_model(options: ModelOptions) -> ServedModel:
             raise OptionError(msg)
         served = demo_preset(options)
     elif options.checkpoint:
+        if not Path(options.checkpoint).expanduser().is_file():
+            msg = f"--checkpoint '{options.checkpoint}' does not exist (a Lightning .ckpt, e.g. from fit or the demo)."
+            raise MissingFileError(msg)
         overrides = _given(options, "imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
         overrides |= _given(options, "llm", "pandagpt_checkpoint", "class_name", "max_new_tokens")
         model = AnomalyGPT.load_from_checkpoint(options.checkpoint, map_location="cpu", **overrides)
