@@ -228,3 +228,18 @@ def test_protocol_questions_and_round_are_hyperparameters_lightning_saves(
         "questions": questions,
         "reference_round": 2,
     }
+
+
+@pytest.mark.cuda
+def test_paper_runs_towers_and_llm_in_fp16_on_cuda(weights: dict[str, Any], expected: dict[str, Any]) -> None:
+    """On CUDA, paper's towers and LLM are fp16 (the original's precision); maps stay close to fp32's."""
+    from .conftest import FIXTURES, PANDAGPT_DELTA
+
+    explain = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "class_name": "bottle"}
+    paper = AnomalyGPT(**weights, **explain, protocol="paper").to("cuda")
+    default = AnomalyGPT(**weights, **explain).to("cuda")
+    pixels = next(iter(expected["queries"].values()))["pixel_values"].to("cuda")
+    ours, theirs = paper.model(pixels), default.model(pixels)
+    assert paper.model.vision_encoder.visual.conv1.weight.dtype == torch.float16
+    assert paper.model.ensure_llm_head().llm.dtype == torch.float16
+    torch.testing.assert_close(ours.anomaly_map, theirs.anomaly_map, rtol=0, atol=2e-2)  # fp16 towers vs fp32
