@@ -222,9 +222,22 @@ def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "leaderboard.png").is_file()
     pngs = list((tmp_path / "demo" / "runs" / "AnomalyGPT-fullshot").rglob("images/**/*.png"))
     assert pngs  # the explanation visualizer's panels
+    # the closing lines say where everything is, the trained model's checkpoint included
+    printed = result.stdout.splitlines()
+    assert f"Outputs in {(tmp_path / 'demo').resolve()}:" in printed
+    (trained,) = [line for line in printed if line.strip().startswith(f"Trained AnomalyGPT ({rows[0]['category']}):")]
+    assert Path(trained.split()[-1]).name == "model.ckpt"
+    assert Path(trained.split()[-1]).is_file()
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "leaderboard"),
+    ids=lambda p: p.relative_to(CONFIGS).with_suffix("").as_posix(),
+)
 def test_configs_name_real_arguments(config: Path) -> None:
     """Every shipped config names existing classes and only their constructor arguments."""
     import importlib

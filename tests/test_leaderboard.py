@@ -79,7 +79,12 @@ def test_markdown_has_mean_rows(run: tuple[Path, list[str]]) -> None:
     assert "failed: " in text
 
 
-def test_rerun_skips_finished_cells(run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_skips_finished_cells(
+    run: tuple[Path, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rerun says what it found, runs only the failed cell and ends with where the outputs are."""
     output, argv = run
     before = _rows(output)
     built: list[str] = []
@@ -96,6 +101,16 @@ def test_rerun_skips_finished_cells(run: tuple[Path, list[str]], monkeypatch: py
     assert after[: len(before)] == before
     assert len(after) == len(before) + 1
     assert after[-1]["status"].startswith("failed: ")
+    printed = capsys.readouterr().out.splitlines()
+    results = output / "results.csv"
+    assert printed[0] == (
+        f"Resuming from {results}: 5 of 6 cells already done, 1 to run (1 failed earlier and will be retried)."
+    )
+    assert printed[-6] == f"Outputs in {output.resolve()}:"
+    for line, name in zip(
+        printed[-5:], ["results.csv", "leaderboard.md", "leaderboard.png", "runs", "errors"], strict=True
+    ):
+        assert line.endswith(f" {output.resolve() / name}"), line
 
 
 def test_config_and_flags() -> None:

@@ -11,16 +11,18 @@ cell goes through anomalib's Engine, datamodule and Evaluator, exactly as a user
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from jsonargparse import Namespace
 
 from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, LeaderboardConfig, run_leaderboard
+from anomalib_agpt.apps.leaderboard.config import CommandParser, add_option, add_weight_options
+from anomalib_agpt.apps.leaderboard.report import output_lines
 
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
 MALLOC_VALUE = "131072"  # keeps Patchcore's coreset step near 1 GB on torch 2.14 (glibc reads it at start)
@@ -31,23 +33,59 @@ TRAINED = "AnomalyGPT-fullshot"
 QUICK_DATA = {"num_train": 8, "num_test_good": 4, "num_test_defect": 3}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Command-line options of the demo."""
+DESCRIPTION = """\
+AnomalyGPT next to Patchcore on a small synthetic dataset in the MVTec AD layout, offline, on a \
+CPU. Every model runs through anomalib's Engine, datamodule and Evaluator, as a leaderboard \
+(anomalib-agpt leaderboard) of three rows.
+
+Without AnomalyGPT weights it trains AnomalyGPT end to end on the synthetic data (a small random \
+image encoder with a new decoder, prompt learner and LoRA in front of the small pretrained LLM \
+SmolLM2-135M-Instruct, or a tiny random LLM when that is not installed) and tests it with its \
+answers, next to a k-shot AnomalyGPT on the same random encoder (--k-shot, 4 by default) and \
+Patchcore. With the released weights (--imagebind-checkpoint and --anomalygpt-checkpoint, or the \
+environment) it runs them zero- and k-shot instead.
+
+Each run starts fresh unless --resume. Every option can also be given in a YAML file (--config) under \
+the same name; --print_config prints the options as such a file."""
+
+
+EPILOG = f"""\
+environment: ${IMAGEBIND_ENV} and ${CHECKPOINT_ENV} give the weight files when neither a flag nor the \
+config file does.
+
+examples:
+  anomalib-agpt demo
+  anomalib-agpt demo --quick --output /tmp/demo
+  anomalib-agpt demo --imagebind-checkpoint imagebind_huge.pth --anomalygpt-checkpoint train_visa/pytorch_model.pt"""
+
+
+def build_parser() -> CommandParser:
+    """The options of ``anomalib-agpt demo`` (environment defaults read now)."""
     from anomalib_agpt.data import SYNTHETIC_CATEGORIES
 
-    parser = argparse.ArgumentParser(prog="anomalib-agpt demo", description=__doc__)
-    parser.add_argument("--output", type=Path, default=Path("demo_output"), help="data and results folder")
-    parser.add_argument("--categories", nargs="+", default=list(SYNTHETIC_CATEGORIES))
-    parser.add_argument("--k-shot", type=int, default=4, help="reference images of the few-shot run")
-    parser.add_argument("--imagebind-checkpoint", default=os.environ.get(IMAGEBIND_ENV))
-    parser.add_argument("--anomalygpt-checkpoint", default=os.environ.get(CHECKPOINT_ENV))
-    parser.add_argument("--vision-heads", type=int, default=16)
-    parser.add_argument("--text-heads", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of the trained AnomalyGPT")
-    parser.add_argument("--quick", action="store_true", help="one category, small data, 2 epochs (for tests)")
-    parser.add_argument("--resume", action="store_true", help="keep the finished cells of an earlier run")
-    args = parser.parse_args(list(argv))
+    parser = CommandParser("anomalib-agpt demo", DESCRIPTION, EPILOG)
+    output_help = "folder for the data, each model's run, results.csv and the leaderboard (default: demo_output)"
+    add_option(parser, "output", Path, Path("demo_output"), "DIR", output_help)
+    categories_help = f"synthetic categories to run (default: {' '.join(SYNTHETIC_CATEGORIES)})"
+    add_option(parser, "categories", str, list(SYNTHETIC_CATEGORIES), "NAME", categories_help, nargs="+")
+    add_option(parser, "k_shot", int, 4, "K", "reference images of the few-shot AnomalyGPT (default: 4)")
+    add_weight_options(parser)
+    add_option(parser, "seed", int, 0, "N", "random seed of the data and the models (default: 0)")
+    add_option(parser, "epochs", int, 10, "N", "training epochs of the trained AnomalyGPT (default: 10)")
+    quick_help = "one category, less data, at most 2 epochs (a quick check; the tests use it)"
+    add_option(parser, "quick", bool, False, help_text=quick_help)
+    resume_help = "keep the finished cells of an earlier run in the same --output"
+    add_option(parser, "resume", bool, False, help_text=resume_help)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Namespace:
+    """Command-line options of the demo (``--quick`` already applied to categories and epochs)."""
+    parser = build_parser()
+    args, print_config = parser.parse(argv)
+    if print_config is not None:
+        parser.print_options(args, print_config)
+    args.pop("config", None)  # the options themselves, wherever they came from
     if args.quick:
         args.categories, args.epochs = args.categories[:1], min(args.epochs, 2)
     return args
@@ -80,7 +118,7 @@ def demo_llm(output: Path, seed: int) -> tuple[str, str]:
     return str(folder), "tiny random LLaMA"
 
 
-def demo_config(args: argparse.Namespace) -> LeaderboardConfig:
+def demo_config(args: Namespace) -> LeaderboardConfig:
     """The demo as a leaderboard: AnomalyGPT (trained, or released 0-shot) and k-shot next to Patchcore."""
     config = LeaderboardConfig(
         output=args.output,
@@ -112,8 +150,21 @@ def demo_config(args: argparse.Namespace) -> LeaderboardConfig:
     return config
 
 
-def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Write the data, run every model on every category, print and save the table."""
+def trained_checkpoints(config: LeaderboardConfig) -> list[tuple[str, Path]]:
+    """The trained AnomalyGPT's checkpoint of each category (the newest), where its run left one."""
+    if not config.random_anomalygpt:
+        return []  # the released weights run zero- and k-shot: nothing is trained
+    found = []
+    for category in config.categories:
+        runs = config.output / "runs" / TRAINED / category / f"seed{config.seeds[0]}"
+        checkpoints = sorted(runs.rglob("model.ckpt"), key=lambda path: path.stat().st_mtime)
+        if checkpoints:
+            found.append((f"Trained AnomalyGPT ({category})", checkpoints[-1]))
+    return found
+
+
+def main(argv: Sequence[str] = ()) -> None:
+    """Write the data, run every model on every category, print and save the table, say where it all is."""
     _ensure_process_settings(argv)
     args = parse_args(argv)
     from rich.console import Console
@@ -123,7 +174,8 @@ def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     results = config.output / "results.csv"
     if results.is_file() and not args.resume:
         results.unlink()  # a demo shows a fresh run; --resume keeps the finished cells
-    summary = run_leaderboard(config, title="anomalib-agpt demo (synthetic MVTec-layout data)")
+    title = "anomalib-agpt demo (synthetic MVTec-layout data)"
+    run_leaderboard(config, title=title, show_outputs=False)
     if config.random_anomalygpt:
         Console(width=140).print(
             "[bold yellow]No AnomalyGPT weights configured:[/] the trained AnomalyGPT learned here from a random "
@@ -131,5 +183,8 @@ def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
             f"the released model on real data. Set {IMAGEBIND_ENV} and {CHECKPOINT_ENV} (or pass "
             "--imagebind-checkpoint/--anomalygpt-checkpoint) to run the released weights.",
         )
-    print(f"Results in {config.output.resolve()} (images under runs/); total {time.perf_counter() - started:.0f} s")
-    return summary
+    checkpoints = trained_checkpoints(config)
+    print(f"Demo finished in {time.perf_counter() - started:.0f} s.")
+    print("\n".join(output_lines(config.output, checkpoints)))
+    if checkpoints:
+        print(f"Try a trained model in the web demo: anomalib-agpt serve --checkpoint {checkpoints[0][1].resolve()}")

@@ -1,14 +1,27 @@
-"""What a leaderboard run depends on: models, data, seeds, weights; from flags, a YAML file and the environment."""
+"""What a leaderboard run depends on: models, data, seeds, weights; from flags, a YAML file and the environment.
+
+The options are parsed the way anomalib's own CLI parses them (jsonargparse): ``--config FILE`` reads a
+YAML file of the same option names, ``--print_config`` prints the effective options as YAML and exits,
+and every option has its underscore spelling (``--imagebind_checkpoint``, the YAML key) next to the
+dashed one (``--imagebind-checkpoint``). Flags win over the config file wherever they stand on the
+line, the file wins over the environment variables, and those over the defaults. ``anomalib-agpt
+demo`` builds its parser from the same pieces (:class:`CommandParser`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import re
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+
+from anomalib_agpt.errors import AnomalyGPTError, MissingFileError, OptionError
 
 IMAGEBIND_ENV = "ANOMALIB_AGPT_IMAGEBIND"
 
@@ -30,6 +43,48 @@ DEFAULT_MODELS = (
     "WinClip",
     "Dinomaly",
 )
+
+
+DATASETS = ("synthetic", "mvtec", "visa", "folder")
+
+
+DESCRIPTION = """\
+Rank AnomalyGPT (zero-shot, k-shot, full-shot) and anomalib's models on the same data, categories \
+and seeds. Every cell (one model on one category with one seed) is trained and tested through \
+anomalib's Engine and written to OUTPUT/results.csv as soon as it finishes; the ranked table goes \
+to OUTPUT/leaderboard.md and a chart to OUTPUT/leaderboard.png.
+
+Run it again with the same --output to resume: cells already done (ok or skipped) are kept, failed \
+ones are run again.
+
+Models whose weights anomalib downloads (EfficientAd, WinClip, Dinomaly) are skipped, saying why, \
+when the weights are neither on disk nor downloadable (HF_HUB_OFFLINE=1); pretrained backbones that \
+cannot be loaded are replaced by random ones, marked "random backbone". Without AnomalyGPT weights a \
+small random AnomalyGPT stands in, marked "random \
+weights": its numbers say nothing about the released model.
+
+Every option can also be given in a YAML file (--config) under the same name; flags win over the \
+file. --print_config prints the options a run would use, as such a file."""
+
+
+EPILOG = f"""\
+environment: ${IMAGEBIND_ENV}, ${CHECKPOINT_ENV} and ${PANDAGPT_ENV} give the weight files when \
+neither a flag nor the config file does.
+
+examples:
+  anomalib-agpt leaderboard --output leaderboard --models Patchcore AnomalyGPT-4shot
+  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --seeds 0 1 2
+  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --print_config > my_run.yaml"""
+
+
+PRINT_CONFIG_HELP = (
+    "print the options this run would use, as YAML that --config reads back, and exit "
+    "(=skip_default leaves out the defaults, =skip_null the empty ones)"
+)
+
+
+PRINT_CONFIG_FLAGS = {"skip_default": "skip_default", "skip_null": "skip_none"}
+"""``--print_config=FLAG[,FLAG]``: jsonargparse's flags and the ``dump`` argument each sets."""
 
 
 @dataclass
@@ -64,55 +119,309 @@ class LeaderboardConfig:
         return not (self.imagebind_checkpoint and self.anomalygpt_checkpoint)
 
 
-def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
-    """Merge ``--config`` YAML (if any) with the flags; flags win, then the environment, then defaults."""
-    description = importlib.import_module(__package__).__doc__  # the package says what a run does
-    parser = argparse.ArgumentParser(prog="anomalib-agpt leaderboard", description=description)
-    parser.add_argument("--config", type=Path, help="YAML file with any of the options below (and model_options)")
-    parser.add_argument("--output", type=Path, help="folder for data, runs and results (default leaderboard_output)")
-    parser.add_argument("--dataset", choices=["synthetic", "mvtec", "visa", "folder"])
-    parser.add_argument("--root", type=Path, help="dataset root (mvtec, visa, folder)")
-    parser.add_argument("--categories", nargs="+")
-    parser.add_argument("--seeds", nargs="+", type=int)
-    parser.add_argument("--models", nargs="+", help=f"default: {' '.join(DEFAULT_MODELS)}")
-    parser.add_argument("--imagebind-checkpoint", help=f"default ${IMAGEBIND_ENV}")
-    parser.add_argument("--anomalygpt-checkpoint", help=f"default ${CHECKPOINT_ENV}")
-    parser.add_argument("--vision-heads", type=int)
-    parser.add_argument("--text-heads", type=int)
-    parser.add_argument(
-        "--llm",
-        help="LLM folder: AnomalyGPT cells also explain (answer accuracy, grounding); needs --pandagpt-checkpoint",
-    )
-    parser.add_argument(
-        "--pandagpt-checkpoint",
-        help=f"PandaGPT delta (llama_proj + LoRA) the LLM explains with (default ${PANDAGPT_ENV})",
-    )
-    parser.add_argument("--epochs", type=int, help="epochs of trained (one-class) models (default 2)")
-    parser.add_argument("--devices", type=int, help="Lightning devices per cell (default 1)")
-    parser.add_argument("--visualize", action="store_true", default=None, help="save anomalib's result images")
-    args = parser.parse_args(list(argv))
-    values: dict[str, Any] = {}
-    if args.config is not None:
+class HelpFormatter(DefaultHelpFormatter):
+    """Help as written: no appended type names; each option's spellings share one metavar; paragraphs kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help or ""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if paragraph.startswith(("examples:", "  ")):
+                paragraphs.append(textwrap.indent(paragraph, indent))
+            else:
+                flat = " ".join(paragraph.split())
+                paragraphs.append(textwrap.fill(flat, width, initial_indent=indent, break_on_hyphens=False))
+        return "\n\n".join(paragraphs)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class ConfigFile(ActionConfigFile):
+    """``--config FILE``: YAML of options under their own names (``-`` or ``_``); unknown names are an error."""
+
+    def __call__(
+        self,
+        parser: ArgumentParser,
+        cfg: Namespace,
+        values: Any,  # noqa: ANN401
+        option_string: str | None = None,
+    ) -> None:
+        """Read the file, check its keys and merge it into the options parsed so far."""
         import yaml
 
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        values.update({key.replace("-", "_"): value for key, value in loaded.items()})
-    values.update({key: value for key, value in vars(args).items() if key != "config" and value is not None})
-    known = {f.name for f in fields(LeaderboardConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        parser.error(f"unknown option(s) in the config: {', '.join(unknown)}")
-    values.setdefault("imagebind_checkpoint", os.environ.get(IMAGEBIND_ENV) or None)
-    values.setdefault("anomalygpt_checkpoint", os.environ.get(CHECKPOINT_ENV) or None)
-    values.setdefault("pandagpt_checkpoint", os.environ.get(PANDAGPT_ENV) or None)
+        typed = option_string or "--config"
+        path = Path(str(values))
+        if not path.is_file():
+            fail(parser, MissingFileError(f"{typed} {values}: no such file (expected a YAML file of options)"))
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            detail = " ".join(str(error).split())[:200]
+            fail(parser, OptionError(f"{typed} {values}: not a readable YAML file ({detail})"))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            fail(
+                parser, OptionError(f"{typed} {values}: expected YAML of `option: value` lines, got a {_kind(loaded)}")
+            )
+        known = option_names(parser)
+        unknown = [str(key) for key in loaded if str(key).replace("-", "_") not in known]
+        if unknown:
+            fail(
+                parser,
+                OptionError(
+                    f"{typed} {values}: unknown option(s) {', '.join(unknown)}; "
+                    f"expected any of: {', '.join(sorted(known))}",
+                ),
+            )
+        options = {str(key).replace("-", "_"): value for key, value in loaded.items()}
+        self.apply_config(parser, cfg, self.dest, yaml.safe_dump(options, sort_keys=False))
+
+
+def _kind(value: object) -> str:
+    return {list: "list", str: "single value", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def option_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The names a config file may use (each option's underscore spelling)."""
+    skipped = {"help", "config", "print_config", argparse.SUPPRESS}
+    return {action.dest for action in parser._actions if action.dest not in skipped}
+
+
+def fail(parser: ArgumentParser, error: AnomalyGPTError) -> NoReturn:
+    """Stop parsing with the user's mistake: usage, ``error: <message>`` and exit status 2."""
+    parser.error(str(error), error)
+    raise error  # not reached: error() exits (or raises, with exit_on_error=False)
+
+
+OPTION_HELP = {
+    "output": (
+        "folder for the data, each cell's run, results.csv and the leaderboard; reuse it to resume "
+        "(default: leaderboard_output)"
+    ),
+    "models": (
+        "models to rank: AnomalyGPT-<k>shot (k reference images, 0 for zero-shot), AnomalyGPT-fullshot "
+        f"(trained) or any anomalib model name (default: {' '.join(DEFAULT_MODELS)})"
+    ),
+    "dataset": (
+        "synthetic (made on the fly, offline), mvtec (MVTec AD), visa (VisA) or folder (your own images; "
+        "see --folder) (default: synthetic)"
+    ),
+    "root": "the dataset's folder (needed for mvtec and visa)",
+    "categories": "categories to run (default: every category of the dataset)",
+    "seeds": "random seeds; every cell runs once per seed and the table shows the mean (default: 0)",
+    "imagebind_checkpoint": f"ImageBind-Huge weights, imagebind_huge.pth (default: ${IMAGEBIND_ENV})",
+    "anomalygpt_checkpoint": f"AnomalyGPT delta, e.g. train_visa/pytorch_model.pt (default: ${CHECKPOINT_ENV})",
+    "vision_heads": "attention heads of the ImageBind vision tower (default: 16, ImageBind-Huge)",
+    "text_heads": "attention heads of the ImageBind text tower (default: 16, ImageBind-Huge)",
+    "llm": (
+        "LLM folder (Vicuna-7B v0): every AnomalyGPT cell also answers 'Is there any anomaly?' and the table "
+        "gets answer accuracy and grounding; needs --pandagpt-checkpoint"
+    ),
+    "pandagpt_checkpoint": f"PandaGPT delta the LLM answers with (default: ${PANDAGPT_ENV})",
+    "epochs": "training epochs of the models that train (default: 2)",
+    "devices": "devices (GPUs) each cell runs on (default: 1)",
+    "train_batch_size": "training batch size (default: 4)",
+    "eval_batch_size": "test batch size (default: 8)",
+    "num_workers": "data loading workers (default: 0)",
+    "visualize": "save anomalib's result images of every cell under OUTPUT/runs",
+    "synthetic": "the synthetic data's size, e.g. {num_train: 8, num_test_good: 4, image_size: 128}",
+    "folder": (
+        "anomalib Folder datamodule options of --dataset folder, e.g. {name: parts, normal_dir: good, "
+        "abnormal_dir: bad}"
+    ),
+    "model_options": "constructor options per model, e.g. {Patchcore: {coreset_sampling_ratio: 0.02}}",
+}
+"""Each option's help (``anomalib-agpt demo`` shares those of the weights)."""
+
+
+def add_option(
+    container: Any,  # noqa: ANN401  (a parser or an argument group)
+    name: str,
+    kind: Any,  # noqa: ANN401  (a type hint)
+    default: Any,  # noqa: ANN401
+    metavar: str | None = None,
+    help_text: str | None = None,
+    **extra: Any,  # noqa: ANN401
+) -> argparse.Action:
+    """``--name`` with its underscore spelling first, then the dashed one (``--k_shot, --k-shot``).
+
+    ``kind`` ``bool`` makes a switch (``--visualize``; ``visualize: true`` in YAML); the help defaults to
+    :data:`OPTION_HELP`'s.
+    """
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    options = {"default": default, "help": help_text or OPTION_HELP[name], **extra}
+    if kind is bool:
+        return container.add_argument(*spellings, action="store_true", **options)
+    return container.add_argument(*spellings, type=kind, metavar=metavar, **options)
+
+
+PARSER_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)"(?P<element> element \d+)?:\s*(?P<rest>.*)$', re.DOTALL)
+CLASS_NAME = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+EXPECTED = re.compile(r"Expected a (\w+)|Not of type (\w+)")
+GIVEN = re.compile(r"(?:Got|Given) value: (.*)")
+TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "Path": "a path",
+    "dict": "a mapping such as {key: value}",
+    "bool": "true or false",
+    "list": "a list",
+}
+
+
+class CommandParser(ArgumentParser):
+    """A jsonargparse parser with ``--config`` (see :class:`ConfigFile`), ``--print_config`` and short errors."""
+
+    def __init__(self, prog: str, description: str, epilog: str | None = None) -> None:
+        super().__init__(
+            prog=prog,
+            description=description,
+            epilog=epilog,
+            usage=f"{prog} [--config FILE] [--print_config] [options]",
+            formatter_class=HelpFormatter,
+        )
+        self.typed: list[str] = []
+        self.add_argument(
+            "-c",
+            "--config",
+            action=ConfigFile,
+            metavar="FILE",
+            help="YAML file of options under the names below (underscore spelling; dashes accepted)",
+        )
+        for action in self._actions:
+            if "--print_config" in action.option_strings:
+                action.help = PRINT_CONFIG_HELP
+
+    def parse(self, argv: Sequence[str]) -> tuple[Namespace, dict[str, bool] | None]:
+        """The parsed options (config files first, so flags win) and the ``--print_config`` request, if any."""
+        args, print_config = self._take_print_config(_config_first(list(argv)))
+        self.typed = args
+        return self.parse_args(args), print_config
+
+    def print_options(self, cfg: Namespace, flags: dict[str, bool]) -> NoReturn:
+        """Print ``cfg`` as the YAML ``--config`` reads back, and exit 0."""
+        print(self.dump(cfg, **flags), end="", flush=True)
+        raise SystemExit(0)
+
+    def _take_print_config(self, args: list[str]) -> tuple[list[str], dict[str, bool] | None]:
+        rest = [arg for arg in args if arg != "--print_config" and not arg.startswith("--print_config=")]
+        if len(rest) == len(args):
+            return args, None
+        flags = {"skip_none": False}  # jsonargparse's --print_config shows the empty options too
+        for arg in args:
+            if arg.startswith("--print_config="):
+                for flag in filter(None, arg.partition("=")[2].split(",")):
+                    if flag not in PRINT_CONFIG_FLAGS:
+                        fail(self, OptionError(f"{arg}: expected skip_default and/or skip_null, comma separated"))
+                    flags[PRINT_CONFIG_FLAGS[flag]] = True
+        return rest, flags
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Usage, ``error: <message>`` (one line, naming the option) and exit status 2, as jsonargparse does."""
+        super().error(self.short_message(message), ex)
+
+    def short_message(self, message: str) -> str:
+        """A multi-line jsonargparse type error as ``--option: expected an integer, got x``."""
+        text = CLASS_NAME.sub(r"\1", message.strip())
+        match = PARSER_KEY.match(text)
+        if match is None:
+            return " ".join(text.split())
+        option = self.spelled(match["key"])
+        expected = [name for pair in EXPECTED.findall(match["rest"]) for name in pair if name and name != "NoneType"]
+        given = GIVEN.search(match["rest"])
+        if expected and given:
+            wanted = " or ".join(TYPE_WORDS.get(name, name) for name in dict.fromkeys(expected))
+            each = " for each value" if match["element"] else ""
+            return f"{option}: expected {wanted}{each}, got {given[1].strip()}"
+        return f"{option}: {' '.join(match['rest'].split())}"
+
+    def spelled(self, key: str) -> str:
+        """The option ``key`` as the user typed it on the line, or as the config file's key."""
+        for action in self._actions:
+            if action.dest == key:
+                for spelling in action.option_strings:
+                    if any(arg == spelling or arg.startswith(spelling + "=") for arg in self.typed):
+                        return spelling
+        return f"{key} (config file)"
+
+
+def _config_first(args: list[str]) -> list[str]:
+    """``args`` with every ``--config FILE`` (or ``-c FILE``) moved to the front, in order: flags override files."""
+    configs: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in {"-c", "--config"} and index + 1 < len(args):
+            configs += args[index : index + 2]
+            index += 2
+            continue
+        (configs if arg.startswith("--config=") else rest).append(arg)
+        index += 1
+    return configs + rest
+
+
+def build_parser() -> CommandParser:
+    """The options of ``anomalib-agpt leaderboard`` (environment defaults read now)."""
+    parser = CommandParser("anomalib-agpt leaderboard", DESCRIPTION, EPILOG)
+    run = parser.add_argument_group("what to run")
+    add_option(run, "output", Path, Path("leaderboard_output"), "DIR")
+    add_option(run, "models", str, list(DEFAULT_MODELS), "NAME", nargs="+")
+    add_option(run, "dataset", str, "synthetic", choices=DATASETS)
+    add_option(run, "root", Path | None, None, "DIR")
+    add_option(run, "categories", str, [], "NAME", nargs="+")
+    add_option(run, "seeds", int, [0], "N", nargs="+")
+    weights = parser.add_argument_group("AnomalyGPT weights and explanations (none given: a small random AnomalyGPT)")
+    add_weight_options(weights)
+    add_option(weights, "llm", str | None, None, "DIR")
+    add_option(weights, "pandagpt_checkpoint", str | None, os.environ.get(PANDAGPT_ENV) or None, "FILE")
+    training = parser.add_argument_group("training and testing")
+    for name, default in (("epochs", 2), ("devices", 1), ("train_batch_size", 4), ("eval_batch_size", 8)):
+        add_option(training, name, int, default, "N")
+    add_option(training, "num_workers", int, 0, "N")
+    add_option(training, "visualize", bool, False)
+    advanced = parser.add_argument_group("more options (usually in the config file)")
+    add_option(advanced, "synthetic", dict[str, Any], {}, "{KEY: VALUE}")
+    add_option(advanced, "folder", dict[str, Any], {}, "{KEY: VALUE}")
+    add_option(advanced, "model_options", dict[str, dict[str, Any]], {}, "{MODEL: {KEY: VALUE}}")
+    return parser
+
+
+def add_weight_options(container: Any) -> None:  # noqa: ANN401
+    """The AnomalyGPT weight files (defaults from the environment) and ImageBind's head counts."""
+    add_option(container, "imagebind_checkpoint", str | None, os.environ.get(IMAGEBIND_ENV) or None, "FILE")
+    add_option(container, "anomalygpt_checkpoint", str | None, os.environ.get(CHECKPOINT_ENV) or None, "FILE")
+    add_option(container, "vision_heads", int, 16, "N")
+    add_option(container, "text_heads", int, 16, "N")
+
+
+def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
+    """Merge ``--config`` YAML (if any) with the flags; flags win, then the environment, then defaults."""
+    parser = build_parser()
+    cfg, print_config = parser.parse(argv)
+    values = cfg.clone().as_dict()
+    values.pop("config", None)
     config = LeaderboardConfig(**values)
-    config.output = Path(config.output)
-    config.root = Path(config.root) if config.root is not None else None
-    config.seeds = [int(seed) for seed in config.seeds]
-    if config.dataset in {"mvtec", "visa"} and config.root is None:
-        parser.error(f"--dataset {config.dataset} needs --root")
     if not config.categories:
         config.categories = _default_categories(config)
+    if print_config is not None:
+        cfg.categories = list(config.categories)
+        parser.print_options(cfg, print_config)
+    if config.dataset in {"mvtec", "visa"} and config.root is None:
+        fail(parser, OptionError(f"--dataset {config.dataset} needs --root DIR (the dataset's folder)"))
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,19 @@ def print_summary(summary: list[dict[str, Any]], title: str) -> None:
         category = "mean" if mean else entry["category"]
         table.add_row(entry["model"], category, *values, notes, style="bold" if mean else None)
     Console(width=200).print(table)
+
+
+def output_lines(output: Path, extra: Sequence[tuple[str, Path]] = ()) -> list[str]:
+    """The closing lines of a run: where its results, table, chart, runs (and ``extra``) are."""
+    folder = output.resolve()
+    entries = [
+        ("Results (one row per cell)", folder / "results.csv"),
+        ("Leaderboard table", folder / "leaderboard.md"),
+        ("Chart", folder / "leaderboard.png"),
+        ("Runs (checkpoints, images)", folder / "runs"),
+    ]
+    if (folder / "errors").is_dir():
+        entries.append(("Tracebacks of failed cells", folder / "errors"))
+    entries += [(label, path.resolve()) for label, path in extra]
+    width = max(len(label) for label, _ in entries) + 1
+    return [f"Outputs in {folder}:"] + [f"  {label + ':':<{width}} {path}" for label, path in entries]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,23 @@ def _key(row: dict[str, Any]) -> tuple[str, str, str]:
 def latest_rows(rows: list[dict[str, str]]) -> dict[tuple[str, str, str], dict[str, str]]:
     """The newest row of every cell (a retried failed cell is recorded again)."""
     return {_key(row): row for row in rows}
+
+
+CellKey = tuple[str, str, str]
+"""A cell as ``results.csv`` names it: ``(model, category, seed)``, all strings."""
+
+
+def done_cells(path: Path) -> set[CellKey]:
+    """The cells whose newest row in ``results.csv`` is done (``ok`` or ``skipped``): a rerun keeps them."""
+    return {key for key, row in latest_rows(read_results(path)).items() if row["status"].startswith(DONE_PREFIXES)}
+
+
+def resume_line(path: Path, cells: Sequence[CellKey]) -> str | None:
+    """What a rerun found in ``results.csv`` among ``cells``: how many are done, how many remain (None: fresh run)."""
+    rows = latest_rows(read_results(path))
+    if not rows:
+        return None
+    done = sum(1 for key in cells if key in rows and rows[key]["status"].startswith(DONE_PREFIXES))
+    failed = sum(1 for key in cells if key in rows and rows[key]["status"].startswith("failed"))
+    line = f"Resuming from {path}: {done} of {len(cells)} cells already done, {len(cells) - done} to run"
+    return line + (f" ({failed} failed earlier and will be retried)." if failed else ".")

@@ -8,12 +8,26 @@ from typing import Any
 
 from anomalib_agpt.apps.leaderboard import cells
 from anomalib_agpt.apps.leaderboard.config import LeaderboardConfig, parse_args
-from anomalib_agpt.apps.leaderboard.report import print_summary, summarise, write_chart, write_markdown
-from anomalib_agpt.apps.leaderboard.results import DONE_PREFIXES, append_result, latest_rows, read_results
+from anomalib_agpt.apps.leaderboard.report import (
+    output_lines,
+    print_summary,
+    summarise,
+    write_chart,
+    write_markdown,
+)
+from anomalib_agpt.apps.leaderboard.results import append_result, done_cells, read_results, resume_line
 
 
-def run_leaderboard(config: LeaderboardConfig, title: str = "anomalib-agpt leaderboard") -> list[dict[str, Any]]:
-    """Run every missing cell, print the table, write ``leaderboard.md`` / ``.png``; return the summary."""
+def run_leaderboard(
+    config: LeaderboardConfig,
+    title: str = "anomalib-agpt leaderboard",
+    show_outputs: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every missing cell, print the table, write ``leaderboard.md`` / ``.png``; return the summary.
+
+    A rerun on the same output folder says how many cells it found done; ``show_outputs`` ends with where
+    the outputs are (the demo prints its own closing lines).
+    """
     os.environ.setdefault("TQDM_DISABLE", "1")
     cells.quiet()
     config.output.mkdir(parents=True, exist_ok=True)
@@ -23,23 +37,28 @@ def run_leaderboard(config: LeaderboardConfig, title: str = "anomalib-agpt leade
 
         data_root = make_synthetic_mvtec(config.output / "data", categories=config.categories, **config.synthetic)
     results = config.output / "results.csv"
-    done = {key for key, row in latest_rows(read_results(results)).items() if row["status"].startswith(DONE_PREFIXES)}
-    for category in config.categories:
-        for seed in config.seeds:
-            for name in config.models:
-                if (name, category, str(seed)) in done:
-                    continue
-                row = cells.run_cell(name, config, data_root, category, seed)
-                append_result(results, row)
-                print(f"  {name} / {category} / seed {seed}: {row['status']}", flush=True)
+    grid = [
+        (name, category, str(seed)) for category in config.categories for seed in config.seeds for name in config.models
+    ]
+    resumed = resume_line(results, grid)
+    if resumed is not None:
+        print(resumed, flush=True)
+    done = done_cells(results)
+    for name, category, seed in grid:
+        if (name, category, seed) in done:
+            continue
+        row = cells.run_cell(name, config, data_root, category, int(seed))
+        append_result(results, row)
+        print(f"  {name} / {category} / seed {seed}: {row['status']}", flush=True)
     summary = summarise(read_results(results), config)
     print_summary(summary, title)
     write_markdown(summary, config)
     write_chart(summary, config.output / "leaderboard.png")
-    print(f"Leaderboard in {(config.output / 'leaderboard.md').resolve()}", flush=True)
+    if show_outputs:
+        print("\n".join(output_lines(config.output)), flush=True)
     return summary
 
 
-def main(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """``anomalib-agpt leaderboard``: parse the options and run."""
-    return run_leaderboard(parse_args(argv))
+def main(argv: Sequence[str] = ()) -> None:
+    """``anomalib-agpt leaderboard``: parse the options and run (``run_leaderboard`` returns the summary)."""
+    run_leaderboard(parse_args(argv))
