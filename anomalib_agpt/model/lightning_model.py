@@ -590,7 +590,8 @@ class AnomalyGPT(AnomalibModule):
                     "AnomalyGPT: protocol='paper' without questions: asking with this project's own class "
                     "descriptions, not the original's (pass questions=<your copy of the original test script>)."
                 )
-            asked = default_question(category_to_class_name(category) if category else DEFAULT_CLASS_NAME)
+            class_name = category_to_class_name(category) if category else self.model.class_name  # a restored one
+            asked = default_question(class_name or DEFAULT_CLASS_NAME)
         self._asked = asked
         return asked
 
