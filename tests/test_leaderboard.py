@@ -181,3 +181,15 @@ def test_download_only_models_skip_offline_saying_why(monkeypatch: pytest.Monkey
         assert built.model is None
         assert needs in built.skip_reason
         assert built.skip_reason.endswith("HF_HUB_OFFLINE is set")
+
+
+def test_protocol_paper_reaches_anomalygpt_cells_and_their_accuracy_count() -> None:
+    """``--protocol paper``: AnomalyGPT cells are built with it, count accuracy the paper's way, and say so."""
+    config = leaderboard.parse_args(["--protocol", "paper", "--models", "AnomalyGPT-1shot"])
+    assert config.protocol == "paper"
+    built = leaderboard.build_model("AnomalyGPT-1shot", config, "weave", 0)
+    assert built.model.protocol == "paper"
+    assert built.notes.endswith("paper protocol")
+    default = leaderboard.build_model("AnomalyGPT-1shot", leaderboard.LeaderboardConfig(), "weave", 0)
+    assert default.model.protocol == "anomalib"
+    assert "paper" not in default.notes

@@ -96,6 +96,7 @@ class LeaderboardConfig:
     root: Path | None = None
     categories: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
+    protocol: str = "anomalib"
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     imagebind_checkpoint: str | None = None
     anomalygpt_checkpoint: str | None = None
@@ -218,6 +219,10 @@ OPTION_HELP = {
     ),
     "root": "the dataset's folder (needed for mvtec and visa)",
     "categories": "categories to run (default: every category of the dataset)",
+    "protocol": (
+        "AnomalyGPT's evaluation choices: anomalib (default) or paper (the original's class names, references, "
+        "sampling, fp16 on GPU and accuracy count; see the README)"
+    ),
     "seeds": "random seeds; every cell runs once per seed and the table shows the mean (default: 0)",
     "imagebind_checkpoint": f"ImageBind-Huge weights, imagebind_huge.pth (default: ${IMAGEBIND_ENV})",
     "anomalygpt_checkpoint": f"AnomalyGPT delta, e.g. train_visa/pytorch_model.pt (default: ${CHECKPOINT_ENV})",
@@ -384,6 +389,7 @@ def build_parser() -> CommandParser:
     add_option(run, "root", Path | None, None, "DIR")
     add_option(run, "categories", str, [], "NAME", nargs="+")
     add_option(run, "seeds", int, [0], "N", nargs="+")
+    add_option(run, "protocol", str, "anomalib", choices=("anomalib", "paper"))
     weights = parser.add_argument_group("AnomalyGPT weights and explanations (none given: a small random AnomalyGPT)")
     add_weight_options(weights)
     add_option(weights, "llm", str | None, None, "DIR")

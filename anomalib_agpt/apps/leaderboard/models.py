@@ -103,9 +103,11 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
         trainer = {"max_epochs": config.epochs, "check_val_every_n_epoch": config.epochs}
     else:
         options["k_shot"] = int(shots)
+    options["protocol"] = config.protocol
     options.update(extra)
     options.setdefault("visualizer", config.visualize)
-    options.setdefault("evaluator", _evaluator(AnomalyGPT.configure_evaluator(explain=bool(options.get("explain")))))
+    evaluator = AnomalyGPT.configure_evaluator(explain=bool(options.get("explain")), accuracy_rule=options["protocol"])
+    options.setdefault("evaluator", _evaluator(evaluator))
     del category  # the class name follows the datamodule's category
     notes = "; ".join(note for note in (notes, *_anomalygpt_notes(options)) if note)
     return BuiltModel(AnomalyGPT(**options), notes=notes, trainer_options=trainer)
@@ -119,6 +121,8 @@ def _anomalygpt_notes(options: dict[str, Any]) -> list[str]:
         notes.append(f"trained: {', '.join(trainable)}")
     if options.get("explain") and options.get("llm"):
         notes.append(f"explains with {Path(str(options['llm'])).stem}")
+    if options.get("protocol") == "paper":
+        notes.append("paper protocol")
     return notes
 
 
