@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,9 @@ def test_synthetic_batch_keeps_normals_and_is_deterministic() -> None:
     other = make_synthetic_batch(images, ["a.png", "b.png"], object_settings(), seed=3, epoch=2)
     assert torch.equal(first.images[:2], images)
     assert first.answers[:2] == ["No, there is no anomaly in the image."] * 2
-    assert all(a.startswith("Yes") for a in first.answers[2:])
+    # a twin whose patches found no place stays normal (the synthesizer's rule); at least one is anomalous here
+    assert all(a.startswith("Yes") or a == "No, there is no anomaly in the image." for a in first.answers[2:])
+    assert any(a.startswith("Yes") for a in first.answers[2:])
     assert torch.equal(first.images, again.images)
     assert not torch.equal(first.images[2:], other.images[2:])
     assert first.masks[:2].sum() == 0
@@ -181,14 +184,16 @@ def test_synthetic_batch_keeps_normals_and_is_deterministic() -> None:
 
 
 def test_warmup_then_linear_decay() -> None:
+    """DeepSpeed's WarmupDecayLR (log warm-up from 0 over at least 10 steps), then linear decay to 0."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = warmup_decay(optimizer, total_steps=10, warmup_ratio=0.2)
+    schedule = warmup_decay(optimizer, total_steps=14, warmup_ratio=0.2)  # int(2.8) < 10: 10 steps
     rates = []
-    for _ in range(10):
+    for _ in range(14):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    assert rates == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    warmup = [math.log(step + 1) / math.log(10) for step in range(10)]
+    assert rates == pytest.approx([*warmup, 1.0, 0.75, 0.5, 0.25])
 
 
 def test_head_parts_train_on_the_answer_loss(weights: dict[str, Any], datamodule: MVTecAD, tmp_path: Path) -> None:

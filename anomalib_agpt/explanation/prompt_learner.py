@@ -11,6 +11,11 @@ from torch import nn
 
 from anomalib_agpt.model.checkpoints import CheckpointError
 
+ORIGINAL_BASE_PROMPT_STD = 1.0
+"""The original draws its base prompts from a standard normal (the from-scratch training path does too)."""
+FRESH_BASE_PROMPT_STD = 0.02
+"""Base prompts of a prompt learner made for another LLM (:meth:`PromptLearner.fresh`)."""
+
 
 def _conv_shapes(state: Mapping[str, torch.Tensor], source: Path | str) -> list[tuple[int, int, int]]:
     """``(out, in, kernel)`` of each ``meta_net.N`` convolution, in order."""
@@ -50,8 +55,19 @@ class PromptLearner(nn.Module):
         channels = (1, 4, 16, 64, 256, 1024)
         shapes = [(out, inp, 3) for inp, out in pairwise(channels)] + [(hidden_size, channels[-1], 5)]
         learner = cls(shapes, num_base_prompts)
-        nn.init.normal_(learner.base_prompts, std=0.02)
+        nn.init.normal_(learner.base_prompts, std=FRESH_BASE_PROMPT_STD)
         return learner
+
+    @torch.no_grad()
+    def draw_base_prompts(self, seed: int, std: float = ORIGINAL_BASE_PROMPT_STD) -> None:
+        """Redraw the base prompts from ``N(0, std^2)`` (float32 on the CPU, from a generator seeded by ``seed``).
+
+        The values are ``torch.randn(num_base_prompts, hidden, generator=torch.Generator().manual_seed(seed)) * std``
+        cast to the prompts' dtype and device, whatever those are.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        values = torch.randn(self.base_prompts.shape, generator=generator) * std
+        self.base_prompts.copy_(values.to(self.base_prompts))
 
     @property
     def hidden_size(self) -> int:

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -42,10 +42,18 @@ from anomalib_agpt.explanation.llm_loading import (
     check_quantization_support,
 )
 from anomalib_agpt.explanation.metrics import AccuracyRule, AnswerAccuracy, ExplanationGrounding
+from anomalib_agpt.explanation.prompt_learner import ORIGINAL_BASE_PROMPT_STD
 from anomalib_agpt.explanation.questions import default_question, load_questions, paper_class_name, question_for
+from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model import protocol as protocol_choices
 from anomalib_agpt.model.checkpoints import CheckpointError
-from anomalib_agpt.model.pre_processing import ResizeMode, build_pre_processor, upgrade_transform_spec
+from anomalib_agpt.model.pre_processing import (
+    ClipPreProcessor,
+    ResizeMode,
+    build_pre_processor,
+    dataset_augmentations,
+    upgrade_transform_spec,
+)
 from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.model.protocol import Protocol, check_protocol, dataset_family
@@ -55,6 +63,8 @@ from anomalib_agpt.training.recipe import (
     SynthesisMode,
     TrainablePart,
     epoch_seeded,
+    fresh_decoder_delta,
+    rotation_reference_memory,
     save_anomalygpt_delta,
     set_trainable,
     synthesis_settings,
@@ -85,8 +95,13 @@ def build_torch_model(
     few_shot_mode: FewShotMode,
     preset: Preset | None,
     seed: int,
+    trainable: Sequence[str] = (),
 ) -> AnomalyGPTModel:
-    """The tensor model from weight files, or from a random preset when explicitly asked for."""
+    """The tensor model from weight files, or from a random preset when explicitly asked for.
+
+    Without ``anomalygpt_checkpoint``, a ``trainable`` that includes ``decoder`` trains one from scratch,
+    as the original's training does: a fresh decoder (seeded by ``seed``) of the ImageBind checkpoint's sizes.
+    """
     if preset is not None:
         if imagebind_checkpoint or anomalygpt_checkpoint:
             msg = "pass either preset or weight paths (imagebind_checkpoint, anomalygpt_checkpoint), not both."
@@ -101,27 +116,43 @@ def build_torch_model(
             few_shot_mode=few_shot_mode,
             sources=(f"preset {preset} (ImageBind part)", f"preset {preset} (AnomalyGPT part)"),
         )
-    if not imagebind_checkpoint or not anomalygpt_checkpoint:
+    from_scratch = "decoder" in trainable
+    if not imagebind_checkpoint or not (anomalygpt_checkpoint or from_scratch):
         missing = [
             name
             for name, value in (
                 ("imagebind_checkpoint", imagebind_checkpoint),
-                ("anomalygpt_checkpoint", anomalygpt_checkpoint),
+                ("anomalygpt_checkpoint", anomalygpt_checkpoint or from_scratch),
             )
             if not value
         ]
         msg = (
             f"AnomalyGPT needs weights: {', '.join(missing)} not given. Pass imagebind_checkpoint="
             "<imagebind_huge.pth> and anomalygpt_checkpoint=<train_mvtec|train_visa|train_supervised/"
-            "pytorch_model.pt> (local paths; see the README), or preset='random-small' for a random model."
+            "pytorch_model.pt> (local paths; see the README), or, to train a decoder from scratch, "
+            "anomalygpt_checkpoint=None with trainable=[decoder, ...], or preset='random-small' for a random model."
         )
         raise OptionError(msg)
-    return AnomalyGPTModel.from_files(
-        imagebind_checkpoint,
-        anomalygpt_checkpoint,
+    if anomalygpt_checkpoint:
+        return AnomalyGPTModel.from_files(
+            imagebind_checkpoint,
+            anomalygpt_checkpoint,
+            vision_heads=vision_heads,
+            text_heads=text_heads,
+            few_shot_mode=few_shot_mode,
+        )
+    imagebind_path = ckpt.resolve_weight_path(imagebind_checkpoint, "imagebind_checkpoint")
+    imagebind = ckpt.load_state_dict_file(imagebind_path, "imagebind_checkpoint")
+    ckpt.expect_kind(imagebind, ckpt.IMAGEBIND, imagebind_path, "imagebind_checkpoint")
+    sizes = ckpt.imagebind_sizes(imagebind, imagebind_path)
+    logger.info("AnomalyGPT: no anomalygpt_checkpoint; a fresh decoder (seed %d) trains from scratch.", seed)
+    return AnomalyGPTModel.from_state_dicts(
+        imagebind,
+        fresh_decoder_delta(sizes.vision_width, sizes.embed_dim, seed),
         vision_heads=vision_heads,
         text_heads=text_heads,
         few_shot_mode=few_shot_mode,
+        sources=(str(imagebind_path), f"fresh decoder (seed {seed})"),
     )
 
 
@@ -197,7 +228,10 @@ class AnomalyGPT(AnomalibModule):
         imagebind_checkpoint: Local path of ``imagebind_huge.pth`` (relative paths are also looked up
             in ``$ANOMALIB_AGPT_HOME``).
         anomalygpt_checkpoint: Local path of an AnomalyGPT delta
-            (``train_mvtec|train_visa|train_supervised/pytorch_model.pt``).
+            (``train_mvtec|train_visa|train_supervised/pytorch_model.pt``). ``None`` with ``trainable``
+            including ``decoder``: train from scratch, as the original trains (a fresh decoder of the
+            ImageBind checkpoint's sizes and, when the prompt learner trains, a fresh prompt learner whose
+            base prompts are drawn from N(0, 1); both seeded by ``seed``).
         class_name: Object name for the text prompts; default: the datamodule's category
             (``metal_nut`` -> ``metal nut``), else ``object``.
         k_shot: Number of normal reference images; 0 is zero-shot.
@@ -206,7 +240,8 @@ class AnomalyGPT(AnomalibModule):
         few_shot_mode: ``replace`` (the original: the few-shot map replaces the zero-shot one) or
             ``fuse`` (mean of both).
         resize_mode: ``crop`` (the original's evaluation: short side to 224, centre crop) or
-            ``squash`` (its training and web demo: resize to 224 x 224).
+            ``squash`` (its web demo: resize to 224 x 224). Training images are squashed in both modes,
+            as the original trains.
         vision_heads: Attention heads of the vision tower (weights cannot reveal them; 16 for Huge).
         text_heads: Attention heads of the text tower (16 for Huge).
         preset: Build a random model of a named size instead of loading weights (demo, tests).
@@ -242,11 +277,13 @@ class AnomalyGPT(AnomalibModule):
         synthesis: Synthetic-anomaly settings: ``auto`` (texture for texture classes), ``object``, ``texture``.
         learning_rate: Peak AdamW learning rate (the original: 1e-3).
         weight_decay: AdamW weight decay (the original: 1e-3).
-        warmup_ratio: Share of the steps with a linear warm-up; then linear decay.
+        warmup_ratio: Share of the steps with a logarithmic warm-up (at least 10 steps), then linear decay
+            to 0: DeepSpeed's ``WarmupDecayLR`` as the original configures it.
         pixel_loss_weight: Weight of focal + dice over the four tap maps.
         lm_loss_weight: Weight of the answer cross-entropy (when a part of the explanation head trains).
         few_shot_prompt_probability: Share of training batches whose prompt learner sees the 1-shot map
-            (reference: a normal image of the batch in 4 rotations) instead of the zero-shot map.
+            (reference: the first normal image of the train set in sorted order, pre-processed as for
+            evaluation, in 4 rotations, encoded once) instead of the zero-shot map.
         conversation: ``auto`` (the LLM's chat template if its tokenizer has one, else PandaGPT's),
             ``pandagpt`` (Vicuna v0, the released weights) or ``chat``.
         untrained_head_parts: Head parts (``llama_proj``, ``prompt_learner``, ``lora``) that may start
@@ -355,6 +392,7 @@ class AnomalyGPT(AnomalibModule):
             few_shot_mode,
             preset,
             seed,
+            trainable=trainable or (),
         )
         model.llm_spec = spec
         model.configure_encoder(encoder_dtype, compile_encoder)
@@ -392,6 +430,11 @@ class AnomalyGPT(AnomalibModule):
         self.optimiser_settings = {"lr": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
         self.loss_weights = {"pixel": pixel_loss_weight, "lm": lm_loss_weight}
         self.few_shot_prompt_probability = few_shot_prompt_probability
+        self._prompt_learner_from_scratch = (
+            not anomalygpt_checkpoint and preset is None and "prompt_learner" in self.trainable
+        )
+        self._training_reference: torch.Tensor | None = None
+        """Memory of the prompt learner's 1-shot training reference (4 rotations), encoded once per fit."""
         self.protocol = protocol
         self.questions = load_questions(questions)
         self.reference_round = reference_round
@@ -432,7 +475,7 @@ class AnomalyGPT(AnomalibModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
-        """When training: load what trains, then shuffle the datamodule's train loader by (seed, epoch).
+        """When training: load what trains, squash the train set's images, shuffle its loader by (seed, epoch).
 
         The synthesis randomness is keyed on (seed, epoch, image); with the batch order a function of
         the epoch too, a run resumed at an epoch boundary ends with the weights of an uninterrupted one.
@@ -442,7 +485,9 @@ class AnomalyGPT(AnomalibModule):
         # Before configure_optimizers: the head's trainable parts must exist when the optimiser is built.
         self.prepare(load_llm=any(part != "decoder" for part in self.trainable))
         set_trainable(self.model, self.trainable)
+        self._training_reference = None
         datamodule = self._datamodule()
+        self._squash_training_images(datamodule)
         if datamodule is not None and hasattr(datamodule, "train_dataloader"):
             original = type(datamodule).train_dataloader.__get__(datamodule)
             trainer = self.trainer
@@ -453,6 +498,7 @@ class AnomalyGPT(AnomalibModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""
         trains_head = any(part != "decoder" for part in self.trainable)
+        one_shot_prompts = trains_head and self.few_shot_prompt_probability > 0
         question = self.asked_question()
         losses = training_losses(
             self.model,
@@ -463,12 +509,56 @@ class AnomalyGPT(AnomalibModule):
             self.loss_weights,
             head_question=question if trains_head else None,
             few_shot_prompt_probability=self.few_shot_prompt_probability,
+            reference_memory=self._training_reference_memory(batch) if one_shot_prompts else None,
         )
         self.log("train_pixel_loss", losses.pixel, batch_size=losses.batch_size)
         if losses.answer is not None:
             self.log("train_lm_loss", losses.answer, batch_size=losses.batch_size)
         self.log("train_loss", losses.total, prog_bar=True, batch_size=losses.batch_size)
         return losses.total
+
+    def _squash_training_images(self, datamodule: Any) -> None:  # noqa: ANN401
+        """Resize the train set with the pre-processor's training resize (squash), as the original trains.
+
+        anomalib's datamodules resize every subset in the dataset with the evaluation transform's resize
+        (before collation); this swaps it on the train set only, after the datamodule's set-up.
+        """
+        resize = self.pre_processor.train_resize if isinstance(self.pre_processor, ClipPreProcessor) else None
+        train_data = getattr(datamodule, "train_data", None)
+        if resize is None or train_data is None:
+            return
+        train_data.augmentations = dataset_augmentations(getattr(datamodule, "train_augmentations", None), resize)
+
+    def _training_reference_memory(self, batch: Batch) -> torch.Tensor:
+        """The prompt learner's 1-shot training reference in 4 rotations, encoded on first use.
+
+        The first normal image of the datamodule's train set in sorted order, through the evaluation
+        pre-processing (the original takes the first file of the class's ``train/good`` and pre-processes
+        it as at test time); without a train set, the first image of the first batch.
+        """
+        if self._training_reference is None:
+            path = self._first_normal_training_image()
+            if path is None:
+                logger.warning("AnomalyGPT: no train set for the 1-shot training reference; using a batch image.")
+                reference = batch.image[0]
+            else:
+                transform = self.pre_processor.transform if self.pre_processor is not None else None
+                logger.info("AnomalyGPT: 1-shot training reference (4 rotations): %s", path)
+                reference = load_reference_images([path], transform, resize_mode=self.resize_mode)[0]
+            reference = reference.to(device=batch.image.device, dtype=batch.image.dtype)
+            self._training_reference = rotation_reference_memory(self.model, reference)
+        return self._training_reference
+
+    def _first_normal_training_image(self) -> str | None:
+        """The datamodule's first normal train image in sorted path order, if there is a train set."""
+        train_data = getattr(self._datamodule(), "train_data", None)
+        samples = getattr(train_data, "samples", None)
+        if samples is None or "image_path" not in samples:
+            return None
+        if "label_index" in samples:
+            samples = samples[samples.label_index == 0]
+        paths = sorted(str(path) for path in samples.image_path)
+        return paths[0] if paths else None
 
     def save_anomalygpt_delta(self, path: str | Path) -> Path:
         """Write the decoder (and prompt learner) as an original-format AnomalyGPT delta."""
@@ -552,7 +642,17 @@ class AnomalyGPT(AnomalibModule):
         if self.k_shot and self.model.num_reference_images == 0:
             self.model.set_references(self._reference_images())
         if load_llm:
-            self.model.ensure_llm_head()
+            self._load_head()
+
+    def _load_head(self) -> None:
+        """The explanation head; a prompt learner trained from scratch starts with N(0, 1) base prompts.
+
+        Only when the head is created without trained weights waiting for it (a restored checkpoint's).
+        """
+        created = self.model.llm_head is None and not self.model.pending_head_state
+        head = self.model.ensure_llm_head()
+        if created and getattr(self, "_prompt_learner_from_scratch", False):  # absent in modules pickled by 0.x
+            head.prompt_learner.draw_base_prompts(self.seed, ORIGINAL_BASE_PROMPT_STD)
 
     def _datamodule(self) -> Any:  # noqa: ANN401
         trainer = getattr(self, "_trainer", None)

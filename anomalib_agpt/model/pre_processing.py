@@ -20,7 +20,7 @@ import torch
 from anomalib.pre_processing import PreProcessor
 from anomalib.pre_processing.utils._transform_registry import TRANSFORM_REGISTRY
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from anomalib_agpt.errors import OptionError
@@ -224,10 +224,55 @@ def upgrade_transform_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None
     return {**spec, "init_args": {**spec["init_args"], "transforms": [resize, *rest]}}
 
 
-def build_pre_processor(side: int, resize_mode: ResizeMode) -> PreProcessor:
-    """``crop``: short side to ``side`` + centre crop (original evaluation); ``squash``: ``side x side``."""
+class ClipPreProcessor(PreProcessor):
+    """anomalib's pre-processor with a transform of its own for training batches.
+
+    The original evaluates on the ``resize_mode`` images (``transform``; also validation, test,
+    predict and export) but trains on images squashed to ``side x side`` (``train_transform``).
+    anomalib resizes in the datasets with ``transform``'s resize, for every subset: the model puts
+    :func:`dataset_augmentations` with ``train_transform``'s resize on the train set when it trains.
+    ``train_transform`` is rebuilt from the model's options, so checkpoints keep only ``transform``.
+    """
+
+    def __init__(self, transform: Transform | None = None, train_transform: Transform | None = None) -> None:
+        super().__init__(transform=transform)
+        self.train_transform = train_transform
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:  # noqa: ANN401
+        """Training batches take ``train_transform`` (``transform`` when there is none)."""
+        del trainer, pl_module, batch_idx
+        transform = self.train_transform if self.train_transform is not None else self.transform
+        if transform is not None:
+            batch.image, batch.gt_mask = transform(batch.image, batch.gt_mask)
+
+    @property
+    def train_resize(self) -> Resize | None:
+        """The resize of ``train_transform`` (``None`` without one)."""
+        if self.train_transform is None:
+            return None
+        steps = self.train_transform.transforms if isinstance(self.train_transform, Compose) else [self.train_transform]
+        return next((step for step in steps if isinstance(step, Resize)), None)
+
+
+def dataset_augmentations(augmentations: Transform | None, resize: Resize) -> Transform:
+    """A train set's transform: the user's augmentations, then the model's resize (anomalib's rule)."""
+    if augmentations is None or isinstance(augmentations, Resize):
+        return resize
+    if isinstance(augmentations, Compose):
+        return Compose([*augmentations.transforms, resize])
+    return Compose([augmentations, resize])
+
+
+def build_pre_processor(side: int, resize_mode: ResizeMode) -> ClipPreProcessor:
+    """``crop``: short side to ``side`` + centre crop (original evaluation); ``squash``: ``side x side``.
+
+    Training batches are squashed to ``side x side`` in both modes, as the original trains.
+    """
     if resize_mode not in ("crop", "squash"):
         msg = f"resize_mode='{resize_mode}': expected 'crop' or 'squash'."
         raise OptionError(msg)
     resize = ClipResize(side, crop=resize_mode == "crop")
-    return PreProcessor(transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]))
+    return ClipPreProcessor(
+        transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]),
+        train_transform=Compose([ClipResize(side, crop=False), Normalize(mean=CLIP_MEAN, std=CLIP_STD)]),
+    )

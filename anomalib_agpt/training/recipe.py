@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,17 @@ from anomalib_agpt.model.anomaly_maps import (
     zero_shot_probabilities,
 )
 from anomalib_agpt.model.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
-from anomalib_agpt.model.encoder import VisionFeatures
+from anomalib_agpt.model.encoder import NUM_TAPS, VisionFeatures
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
 from anomalib_agpt.training.loss import pixel_loss
-from anomalib_agpt.training.synthesis import SynthesisSettings, object_settings, synthesize, texture_settings
+from anomalib_agpt.training.synthesis import (
+    SynthesisSettings,
+    object_settings,
+    settings_for,
+    synthesize,
+    texture_settings,
+)
 
 TrainablePart = Literal["decoder", "prompt_learner", "lora", "llama_proj", "llm"]
 SynthesisMode = Literal["auto", "object", "texture"]
@@ -63,10 +70,15 @@ def set_trainable(model: AnomalyGPTModel, parts: Sequence[TrainablePart]) -> Non
 
 
 def synthesis_settings(mode: SynthesisMode, class_name: str | None) -> SynthesisSettings:
-    """Texture settings for texture classes (or when asked), object settings otherwise."""
-    if mode == "texture" or (mode == "auto" and (class_name or "") in TEXTURE_CLASSES):
-        return texture_settings()
-    return object_settings()
+    """The generator settings for training on ``class_name``.
+
+    ``auto``: the class's own entry in AnomalyGPT's tables (MVTec AD, VisA) via ``settings_for``; a class
+    without one gets the texture defaults if it is in ``TEXTURE_CLASSES``, else the object defaults.
+    ``object`` / ``texture``: that kind's defaults, whatever the class.
+    """
+    if mode == "auto":
+        return settings_for(class_name, "texture" if (class_name or "") in TEXTURE_CLASSES else "object")
+    return texture_settings() if mode == "texture" else object_settings()
 
 
 @dataclass
@@ -92,15 +104,16 @@ def make_synthetic_batch(
 ) -> SyntheticBatch:
     """From CLIP-normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
 
-    Randomness comes from ``(seed, epoch, image key)``; the patch source is the next image of the
-    batch (the image itself, flipped, for a batch of one).
+    Randomness comes from ``(seed, epoch, image key)``; the patch source is the previous image of the
+    batch, cyclically (the first takes the last), as the original takes the item it served before;
+    a batch of one uses the image itself, flipped.
     """
     mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
     raw = (images * std + mean).clamp(0, 1).float().cpu()
     twins, masks, answers = [], [], []
     for index in range(raw.shape[0]):
-        source = raw[(index + 1) % raw.shape[0]] if raw.shape[0] > 1 else raw[index].flip(-1)
+        source = raw[index - 1] if raw.shape[0] > 1 else raw[index].flip(-1)
         key = _sample_key(paths[index] if paths else None, index)
         sample = synthesize(raw[index], source, settings, np.random.default_rng([seed, epoch, key]))
         twins.append(sample.image)
@@ -114,16 +127,19 @@ def make_synthetic_batch(
     )
 
 
+def rotation_reference_memory(model: AnomalyGPTModel, reference: torch.Tensor) -> torch.Tensor:
+    """Memory of one pre-processed normal ``(3, S, S)`` image in its 4 rotations: ``(L, 4 N, W)`` unit rows."""
+    rotations = torch.stack([torch.rot90(reference, turns, dims=(-2, -1)) for turns in range(4)])
+    with torch.no_grad():
+        return normalise_memory(model.encode(rotations).patch_tokens)
+
+
 def rotation_reference_map(
-    model: AnomalyGPTModel,
-    reference: torch.Tensor,
+    memory: torch.Tensor,
     features: VisionFeatures,
     size: tuple[int, int],
 ) -> torch.Tensor:
-    """1-shot map of every image against one normal reference in 4 rotations (AnomalyGPT's training)."""
-    rotations = torch.stack([torch.rot90(reference, turns, dims=(-2, -1)) for turns in range(4)])
-    with torch.no_grad():
-        memory = normalise_memory(model.encode(rotations).patch_tokens)
+    """1-shot map of every image against the rotated reference's memory (AnomalyGPT's training)."""
     return few_shot_map(few_shot_similarity(features.patch_tokens, memory), size)
 
 
@@ -146,14 +162,19 @@ def training_losses(
     weights: Mapping[str, float],
     head_question: str | None = None,
     few_shot_prompt_probability: float = 0.5,
+    reference_memory: torch.Tensor | None = None,
 ) -> TrainingLosses:
     """Normal images and their synthetic twins -> focal + dice on every tap map (+ the answer loss).
 
     ``step`` is (seed, epoch, batch index): the synthesis and the prompt map's choice are keyed on it.
     ``head_question`` (the question the head answers) turns the answer loss on; the prompt learner then
-    sees the 1-shot map of a normal image of the batch in 4 rotations with ``few_shot_prompt_probability``,
-    else the zero-shot map, as the original trains.
+    sees, with ``few_shot_prompt_probability``, the 1-shot map against ``reference_memory`` (a normal
+    image of the class in 4 rotations, :func:`rotation_reference_memory`), else the zero-shot map, as
+    the original trains.
     """
+    if head_question is not None and reference_memory is None and few_shot_prompt_probability > 0:
+        msg = "training the explanation head needs reference_memory (see rotation_reference_memory)."
+        raise ValueError(msg)
     seed, epoch, batch_idx = step
     synthetic = make_synthetic_batch(images, paths, settings, seed, epoch)
     size = tuple(synthetic.images.shape[-2:])
@@ -168,7 +189,7 @@ def training_losses(
     if head_question is not None:
         prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
         if np.random.default_rng([seed, epoch, batch_idx]).random() < few_shot_prompt_probability:
-            prompt_map = rotation_reference_map(model, images[0], features, size)
+            prompt_map = rotation_reference_map(reference_memory, features, size)
         questions = [head_question] * len(synthetic.answers)
         answer = model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
         total = total + weights["lm"] * answer
@@ -195,16 +216,50 @@ def epoch_seeded(loader: DataLoader, seed: int, replicas: int = 1, rank: int = 0
     )
 
 
+WARMUP_MIN_STEPS = 10
+"""The original's floor on the warm-up length: ``max(10, int(total_steps * warmup_rate))``."""
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Warm-up length as the original sets DeepSpeed's ``warmup_num_steps``: the share, floored, at least 10."""
+    return max(WARMUP_MIN_STEPS, int(total_steps * warmup_ratio))
+
+
 def warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
-    warmup = max(1, round(total_steps * warmup_ratio))
+    """DeepSpeed's ``WarmupDecayLR`` (``warmup_type="log"``, minimum 0) as the original configures it.
+
+    Step ``s`` (from 0) runs at ``lr * log(s + 1) / log(W)`` while ``s < W`` (so the first step at 0),
+    then at ``lr * (T - s) / (T - W)``, down to 0 at ``T = total_steps``; ``W`` is :func:`warmup_steps`.
+    """
+    warmup = warmup_steps(total_steps, warmup_ratio)
+    inverse_log_warmup = 1.0 / math.log(warmup)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+            return inverse_log_warmup * math.log(step + 1)
+        return max(0.0, (total_steps - step) / max(1.0, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
+
+
+def fresh_decoder_delta(
+    vision_width: int, embed_dim: int, seed: int, num_layers: int = NUM_TAPS
+) -> dict[str, torch.Tensor]:
+    """A newly initialised decoder as ``image_decoder.fc.*`` tensors (float32), to train from scratch.
+
+    Each ``Linear(vision_width -> embed_dim)`` is drawn as ``torch.nn.Linear`` initialises (weight
+    and bias uniform in +-1/sqrt(vision_width)), as the original's fresh decoder is, from a
+    generator seeded by ``seed``: layer by layer, weight then bias.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(vision_width)
+    state = {}
+    for index in range(num_layers):
+        weight = torch.empty(embed_dim, vision_width).uniform_(-bound, bound, generator=generator)
+        bias = torch.empty(embed_dim).uniform_(-bound, bound, generator=generator)
+        state[f"{DECODER_PREFIX}fc.{index}.weight"] = weight
+        state[f"{DECODER_PREFIX}fc.{index}.bias"] = bias
+    return state
 
 
 def anomalygpt_delta(model: AnomalyGPTModel) -> dict[str, torch.Tensor]:
