@@ -274,7 +274,8 @@ class AnomalyGPT(AnomalibModule):
         trainable: Train on the datamodule's normal images with synthetic anomalies (learning type
             ONE_CLASS): the parts that learn, e.g. ``[decoder]`` or ``[decoder, prompt_learner]``.
             ``None`` (default): nothing trains (zero-/few-shot).
-        synthesis: Synthetic-anomaly settings: ``auto`` (texture for texture classes), ``object``, ``texture``.
+        synthesis: Synthetic-anomaly settings: ``auto`` (the class's own, from the original's tables),
+            ``object`` or ``texture`` (that kind's defaults).
         learning_rate: Peak AdamW learning rate (the original: 1e-3).
         weight_decay: AdamW weight decay (the original: 1e-3).
         warmup_ratio: Share of the steps with a logarithmic warm-up (at least 10 steps), then linear decay
