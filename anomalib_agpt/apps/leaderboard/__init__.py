@@ -23,7 +23,10 @@ model needs three files for that: the LLM folder (Vicuna-7B v0), the PandaGPT de
 (``--pandagpt-checkpoint`` or ``$ANOMALIB_AGPT_PANDAGPT``) and the AnomalyGPT delta; a cell missing one
 fails saying which. Per-model ``model_options`` in the YAML override any of them.
 
-Multi-GPU: each cell runs on ``--devices`` Lightning devices (default 1); there is no scheduler.
+Multi-GPU and clusters: each cell runs on ``--devices`` Lightning devices (default 1). With ``--executor ray``
+(:mod:`~anomalib_agpt.apps.leaderboard.ray_executor`, the ``cluster`` extra) the cells run in parallel as Ray
+tasks, each reserving ``--cell-cpus`` CPUs and ``--cell-gpus`` GPUs, on a loopback-only Ray instance started
+for the run or on the cluster of ``--ray-address``; the sequential path never imports Ray.
 """
 
 from anomalib_agpt.apps.leaderboard.cells import batch_timer, make_datamodule, quiet, run_cell

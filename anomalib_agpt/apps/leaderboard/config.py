@@ -48,6 +48,10 @@ DEFAULT_MODELS = (
 DATASETS = ("synthetic", "mvtec", "visa", "folder")
 
 
+EXECUTORS = ("local", "ray")
+"""``--executor``: cells one after another in this process, or as Ray tasks (``pip install anomalib-agpt[cluster]``)."""
+
+
 DESCRIPTION = """\
 Rank AnomalyGPT (zero-shot, k-shot, full-shot) and anomalib's models on the same data, categories \
 and seeds. Every cell (one model on one category with one seed) is trained and tested through \
@@ -63,6 +67,11 @@ cannot be loaded are replaced by random ones, marked "random backbone". Without 
 small random AnomalyGPT stands in, marked "random \
 weights": its numbers say nothing about the released model.
 
+With --executor ray the cells run in parallel as Ray tasks, each reserving --cell-cpus CPUs and \
+--cell-gpus GPUs: on a Ray instance the command starts on this machine (listening on 127.0.0.1 only) \
+and stops again, or on an existing cluster (--ray-address). Rows still reach results.csv as each cell \
+finishes, so resuming works the same with either executor.
+
 Every option can also be given in a YAML file (--config) under the same name; flags win over the \
 file. --print_config prints the options a run would use, as such a file."""
 
@@ -74,7 +83,9 @@ neither a flag nor the config file does.
 examples:
   anomalib-agpt leaderboard --output leaderboard --models Patchcore AnomalyGPT-4shot
   anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --seeds 0 1 2
-  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --print_config > my_run.yaml"""
+  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --print_config > my_run.yaml
+  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --executor ray --cell-gpus 0.5
+  anomalib-agpt leaderboard --config configs/leaderboard/mvtec.yaml --executor ray --ray-address auto"""
 
 
 PRINT_CONFIG_HELP = (
@@ -113,6 +124,10 @@ class LeaderboardConfig:
     synthetic: dict[str, Any] = field(default_factory=dict)
     folder: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executor: str = "local"
+    ray_address: str | None = None
+    cell_cpus: int = 1
+    cell_gpus: float | None = None
 
     @property
     def random_anomalygpt(self) -> bool:
@@ -245,6 +260,21 @@ OPTION_HELP = {
         "abnormal_dir: bad}"
     ),
     "model_options": "constructor options per model, e.g. {Patchcore: {coreset_sampling_ratio: 0.02}}",
+    "executor": (
+        "local: the cells one after another in this process (default); ray: each cell a Ray task, in parallel, "
+        "on a Ray instance started for this run on this machine (127.0.0.1 only) or on the cluster of "
+        "--ray-address (needs pip install anomalib-agpt[cluster])"
+    ),
+    "ray_address": (
+        "with --executor ray: join this running Ray cluster instead of starting an instance, HOST:PORT of its "
+        "head or auto (the cluster this machine belongs to); every node needs the same paths to the data, "
+        "the weights and --output"
+    ),
+    "cell_cpus": "with --executor ray: CPUs each cell reserves, also its torch CPU threads (default: 1)",
+    "cell_gpus": (
+        "with --executor ray: GPUs each cell reserves, a fraction such as 0.5 shares one GPU between cells "
+        "(default: --devices where Ray sees GPUs, else 0)"
+    ),
 }
 """Each option's help (``anomalib-agpt demo`` shares those of the weights)."""
 
@@ -403,6 +433,11 @@ def build_parser() -> CommandParser:
     add_option(advanced, "synthetic", dict[str, Any], {}, "{KEY: VALUE}")
     add_option(advanced, "folder", dict[str, Any], {}, "{KEY: VALUE}")
     add_option(advanced, "model_options", dict[str, dict[str, Any]], {}, "{MODEL: {KEY: VALUE}}")
+    cluster = parser.add_argument_group("where the cells run")
+    add_option(cluster, "executor", str, "local", choices=EXECUTORS)
+    add_option(cluster, "ray_address", str | None, None, "ADDRESS")
+    add_option(cluster, "cell_cpus", int, 1, "N")
+    add_option(cluster, "cell_gpus", float | None, None, "G")
     return parser
 
 
@@ -428,7 +463,31 @@ def parse_args(argv: Sequence[str]) -> LeaderboardConfig:
         parser.print_options(cfg, print_config)
     if config.dataset in {"mvtec", "visa"} and config.root is None:
         fail(parser, OptionError(f"--dataset {config.dataset} needs --root DIR (the dataset's folder)"))
+    try:
+        check_executor(config)
+    except OptionError as error:
+        fail(parser, error)
     return config
+
+
+def check_executor(config: LeaderboardConfig) -> None:
+    """Raise :class:`OptionError` for executor options that cannot work together (``--cell-gpus 1.5``, ...)."""
+    if config.executor not in EXECUTORS:
+        raise OptionError(f"--executor {config.executor}: expected one of {', '.join(EXECUTORS)}")
+    if config.ray_address and config.executor != "ray":
+        raise OptionError(f"--ray-address {config.ray_address} needs --executor ray")
+    if config.cell_cpus < 1:
+        raise OptionError(f"--cell-cpus {config.cell_cpus}: expected 1 or more (CPUs each cell reserves)")
+    gpus = config.cell_gpus
+    if gpus is None:
+        return
+    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        raise OptionError(f"--cell-gpus {gpus:g}: expected 0, a fraction up to 1 (e.g. 0.5) or a whole number")
+    if config.executor == "ray" and gpus > 0 and config.devices > max(gpus, 1):
+        raise OptionError(
+            f"--devices {config.devices} needs --cell-gpus {config.devices} or more with --executor ray "
+            f"(each cell sees only the GPUs it reserves; got --cell-gpus {gpus:g})"
+        )
 
 
 def _default_categories(config: LeaderboardConfig) -> list[str]:

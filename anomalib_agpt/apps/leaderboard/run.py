@@ -1,4 +1,4 @@
-"""Run a leaderboard: every cell not yet done, one after another, then the report."""
+"""Run a leaderboard: every cell not yet done (here, or as Ray tasks with ``--executor ray``), then the report."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from anomalib_agpt.apps.leaderboard import cells
-from anomalib_agpt.apps.leaderboard.config import LeaderboardConfig, parse_args
+from anomalib_agpt.apps.leaderboard.config import LeaderboardConfig, check_executor, parse_args
 from anomalib_agpt.apps.leaderboard.report import (
     output_lines,
     print_summary,
@@ -26,8 +26,11 @@ def run_leaderboard(
     """Run every missing cell, print the table, write ``leaderboard.md`` / ``.png``; return the summary.
 
     A rerun on the same output folder says how many cells it found done; ``show_outputs`` ends with where
-    the outputs are (the demo prints its own closing lines).
+    the outputs are (the demo prints its own closing lines). With ``executor="ray"`` the missing cells run as
+    Ray tasks (:mod:`~anomalib_agpt.apps.leaderboard.ray_executor`, imported only then); their rows are
+    written as they arrive.
     """
+    check_executor(config)
     os.environ.setdefault("TQDM_DISABLE", "1")
     cells.quiet()
     config.output.mkdir(parents=True, exist_ok=True)
@@ -44,12 +47,20 @@ def run_leaderboard(
     if resumed is not None:
         print(resumed, flush=True)
     done = done_cells(results)
-    for name, category, seed in grid:
-        if (name, category, seed) in done:
-            continue
-        row = cells.run_cell(name, config, data_root, category, int(seed))
+    todo = [cell for cell in grid if cell not in done]
+
+    def record(row: dict[str, Any]) -> None:
         append_result(results, row)
-        print(f"  {name} / {category} / seed {seed}: {row['status']}", flush=True)
+        print(f"  {row['model']} / {row['category']} / seed {row['seed']}: {row['status']}", flush=True)
+
+    if config.executor == "ray" and todo:
+        from anomalib_agpt.apps.leaderboard import ray_executor
+
+        with ray_executor.ray_session(config):
+            ray_executor.run_cells(config, data_root, todo, record)
+    else:
+        for name, category, seed in todo:
+            record(cells.run_cell(name, config, data_root, category, int(seed)))
     summary = summarise(read_results(results), config)
     print_summary(summary, title)
     write_markdown(summary, config)
