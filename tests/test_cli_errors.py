@@ -192,3 +192,14 @@ def test_stock_anomalib_cli_ends_with_the_products_message(
     assert result.returncode != 0
     last = non_empty_lines(result.stdout + result.stderr)[-1]
     assert last == "error: vision_heads=7 does not divide the tower width 64; pass a divisor of 64."
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "dispatch", interrupted)
+    status, printed = run_main(["leaderboard"], capsys)
+    assert (status, printed) == (130, "interrupted\n")

@@ -296,3 +296,14 @@ def test_paper_training_config_runs_one_step_on_cpu(
     state = trainer.optimizers[0].state
     assert state  # AdamW took its step (at lr 0: DeepSpeed's first warm-up step)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * math.log(2) / math.log(10))
+
+
+def test_synthetic_anomalies_do_not_depend_on_where_the_dataset_lives() -> None:
+    """The same image under two data folders gets the same anomaly (a leaderboard's --output moves the data)."""
+    from anomalib_agpt.training.recipe import _sample_key
+
+    here = "/tmp/run_a/data/weave/train/good/003.png"
+    there = "/srv/other/output/data/weave/train/good/003.png"
+    assert _sample_key(here, 0) == _sample_key(there, 1) == zlib.crc32(b"weave/train/good/003.png")
+    assert _sample_key("/tmp/run_a/data/weave/train/good/004.png", 0) != _sample_key(here, 0)
+    assert _sample_key(None, 7) == 7

@@ -50,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_upstream_output()
     try:
         status = dispatch(args)
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)  # the shell's status for Ctrl-C
     except Exception as error:
         found = find_user_error(error)
         if found is None or verbose:

@@ -90,9 +90,15 @@ class SyntheticBatch:
     answers: list[str]
 
 
+SAMPLE_KEY_PARTS = 4
+"""Path parts that name an image inside its dataset (category/train/good/000.png): not where the data lives."""
+
+
 def _sample_key(path: str | None, fallback: int) -> int:
-    """A stable per-image key, so an image gets the same anomaly in an epoch whatever the order."""
-    return zlib.crc32(path.encode()) if path else fallback
+    """A stable per-image key, so an image gets the same anomaly in an epoch whatever the order or data folder."""
+    if not path:
+        return fallback
+    return zlib.crc32("/".join(Path(path).parts[-SAMPLE_KEY_PARTS:]).encode())
 
 
 def make_synthetic_batch(
