@@ -436,6 +436,8 @@ class AnomalyGPT(AnomalibModule):
         )
         self._training_reference: torch.Tensor | None = None
         """Memory of the prompt learner's 1-shot training reference (4 rotations), encoded once per fit."""
+        self._training_references: dict[str, torch.Tensor] = {}
+        """The same per category, for a multi-class train set."""
         self.protocol = protocol
         self.questions = load_questions(questions)
         self.reference_round = reference_round
@@ -487,6 +489,7 @@ class AnomalyGPT(AnomalibModule):
         self.prepare(load_llm=any(part != "decoder" for part in self.trainable))
         set_trainable(self.model, self.trainable)
         self._training_reference = None
+        self._training_references: dict[str, torch.Tensor] = {}
         datamodule = self._datamodule()
         self._squash_training_images(datamodule)
         if datamodule is not None and hasattr(datamodule, "train_dataloader"):
@@ -500,17 +503,29 @@ class AnomalyGPT(AnomalibModule):
         """Normal images and their synthetic twins -> focal + dice on every tap map (+ answer loss)."""
         trains_head = any(part != "decoder" for part in self.trainable)
         one_shot_prompts = trains_head and self.few_shot_prompt_probability > 0
-        question = self.asked_question()
+        categories = self._sample_categories(batch)
+        if categories is None:  # one class: the model's
+            class_names = None
+            settings = synthesis_settings(self.synthesis, self.model.class_name)
+            question: str | list[str] = self.asked_question()
+            reference = self._training_reference_memory(batch) if one_shot_prompts else None
+        else:  # each sample its own category's class name, synthesis settings, question and reference
+            names = {c: self._class_name_from_context(c) or DEFAULT_CLASS_NAME for c in dict.fromkeys(categories)}
+            class_names = [names[c] for c in categories]
+            settings = [synthesis_settings(self.synthesis, name) for name in class_names]
+            question = [self.asked_question(c) for c in categories]
+            reference = [self._training_reference_memory(batch, c) for c in categories] if one_shot_prompts else None
         losses = training_losses(
             self.model,
             batch.image,
             batch.image_path,
-            synthesis_settings(self.synthesis, self.model.class_name),
+            settings,
             (self.seed, self.current_epoch, batch_idx),
             self.loss_weights,
             head_question=question if trains_head else None,
             few_shot_prompt_probability=self.few_shot_prompt_probability,
-            reference_memory=self._training_reference_memory(batch) if one_shot_prompts else None,
+            reference_memory=reference,
+            class_names=class_names,
         )
         self.log("train_pixel_loss", losses.pixel, batch_size=losses.batch_size)
         if losses.answer is not None:
@@ -530,35 +545,55 @@ class AnomalyGPT(AnomalibModule):
             return
         train_data.augmentations = dataset_augmentations(getattr(datamodule, "train_augmentations", None), resize)
 
-    def _training_reference_memory(self, batch: Batch) -> torch.Tensor:
-        """The prompt learner's 1-shot training reference in 4 rotations, encoded on first use.
+    def _sample_categories(self, batch: Batch) -> list[str] | None:
+        """Each sample's category when the train set has several (a ``category_of`` datamodule, no ``class_name``)."""
+        category_of = getattr(self._datamodule(), "category_of", None)
+        if self.class_name or category_of is None or batch.image_path is None:
+            return None
+        return [category_of(path) for path in batch.image_path]
 
-        The first normal image of the datamodule's train set in sorted order, through the evaluation
-        pre-processing (the original takes the first file of the class's ``train/good`` and pre-processes
-        it as at test time); without a train set, the first image of the first batch.
+    def _training_reference_memory(self, batch: Batch, category: str | None = None) -> torch.Tensor:
+        """The prompt learner's 1-shot training reference in 4 rotations, encoded on first use (per category).
+
+        The first normal image of the datamodule's train set (of ``category``'s samples, in a multi-class
+        one) in sorted order, through the evaluation pre-processing (the original takes the first file of
+        the class's ``train/good`` and pre-processes it as at test time); without a train set, the first
+        image of the first batch.
         """
+        if category is not None:
+            references = self._training_references
+            if category not in references:
+                references[category] = self._encode_training_reference(batch, category)
+            return references[category]
         if self._training_reference is None:
-            path = self._first_normal_training_image()
-            if path is None:
-                logger.warning("AnomalyGPT: no train set for the 1-shot training reference; using a batch image.")
-                reference = batch.image[0]
-            else:
-                transform = self.pre_processor.transform if self.pre_processor is not None else None
-                logger.info("AnomalyGPT: 1-shot training reference (4 rotations): %s", path)
-                reference = load_reference_images([path], transform, resize_mode=self.resize_mode)[0]
-            reference = reference.to(device=batch.image.device, dtype=batch.image.dtype)
-            self._training_reference = rotation_reference_memory(self.model, reference)
+            self._training_reference = self._encode_training_reference(batch, None)
         return self._training_reference
 
-    def _first_normal_training_image(self) -> str | None:
-        """The datamodule's first normal train image in sorted path order, if there is a train set."""
-        train_data = getattr(self._datamodule(), "train_data", None)
+    def _encode_training_reference(self, batch: Batch, category: str | None) -> torch.Tensor:
+        """One category's (or the train set's) first normal image, in 4 rotations, encoded."""
+        path = self._first_normal_training_image(category)
+        if path is None:
+            logger.warning("AnomalyGPT: no train set for the 1-shot training reference; using a batch image.")
+            reference = batch.image[0]
+        else:
+            transform = self.pre_processor.transform if self.pre_processor is not None else None
+            logger.info("AnomalyGPT: 1-shot training reference (4 rotations): %s", path)
+            reference = load_reference_images([path], transform, resize_mode=self.resize_mode)[0]
+        reference = reference.to(device=batch.image.device, dtype=batch.image.dtype)
+        return rotation_reference_memory(self.model, reference)
+
+    def _first_normal_training_image(self, category: str | None = None) -> str | None:
+        """The datamodule's first normal train image (of ``category``) in sorted path order, if there is a train set."""
+        datamodule = self._datamodule()
+        train_data = getattr(datamodule, "train_data", None)
         samples = getattr(train_data, "samples", None)
         if samples is None or "image_path" not in samples:
             return None
         if "label_index" in samples:
             samples = samples[samples.label_index == 0]
         paths = sorted(str(path) for path in samples.image_path)
+        if category is not None:
+            paths = [path for path in paths if datamodule.category_of(path) == category]
         return paths[0] if paths else None
 
     def save_anomalygpt_delta(self, path: str | Path) -> Path:
@@ -660,30 +695,35 @@ class AnomalyGPT(AnomalibModule):
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def _category(self) -> str | None:
+        """The datamodule's category; ``None`` for a multi-class train set (each sample has its own)."""
         datamodule = self._datamodule()
-        return getattr(datamodule, "category", None) if datamodule is not None else None
+        if datamodule is None or hasattr(datamodule, "category_of"):
+            return None
+        return getattr(datamodule, "category", None)
 
-    def _class_name_from_context(self) -> str | None:
+    def _class_name_from_context(self, category: str | None = None) -> str | None:
         """Constructor name; else under ``paper`` the original's rule on the question, else the category.
 
-        ``None`` keeps the current one (a restored checkpoint's, or ``object``).
+        ``category``: a multi-class train set's sample's (default: the datamodule's). ``None`` keeps the
+        current one (a restored checkpoint's, or ``object``).
         """
         if self.class_name:
             return category_to_class_name(self.class_name)
-        if self.protocol == "paper" and (self.question or self._category() or self.questions):
-            return paper_class_name(self.asked_question())
-        category = self._category()
+        category = category or self._category()
+        if self.protocol == "paper" and (self.question or category or self.questions):
+            return paper_class_name(self.asked_question(category))
         return category_to_class_name(category) if category else None
 
-    def asked_question(self) -> str:
+    def asked_question(self, category: str | None = None) -> str:
         """The question put to the LLM: ``question``; else ``questions[category]`` verbatim; else the description's.
 
+        ``category``: a multi-class train set's sample's (default: the datamodule's, else ``class_name``).
         Under ``paper`` without ``questions``, the project's own descriptions stand in for the original's
         (said once in the log).
         """
         if self.question:
             return self.question
-        category = self._category() or self.class_name
+        category = category or self._category() or self.class_name
         asked = question_for(category, self.questions) if category and self.questions else None
         if asked is None:
             if self.protocol == "paper" and self._asked is None:

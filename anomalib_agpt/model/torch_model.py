@@ -93,16 +93,24 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self._compiled_encoder: Callable[[torch.Tensor], VisionFeatures] | None = None
         self._eager_encoder = False
         """Set while exporting: torch.export and pickling need the plain module."""
+        self._text_feature_cache: dict[str, torch.Tensor] = {}
+        """Text features of other classes than ``class_name`` (multi-class training), each computed once."""
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``to_torch``, ``deepcopy``) without the compiled forward; it is rebuilt on first use."""
         state = super().__getstate__()
         state["_compiled_encoder"] = None
+        state["_text_feature_cache"] = {}  # recomputable, and not part of the model
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle, also models pickled before the encoder options existed (eager fp32, as they ran)."""
-        defaults = {"encoder_dtype": "fp32", "compile_encoder": False, "_eager_encoder": False}
+        defaults = {
+            "encoder_dtype": "fp32",
+            "compile_encoder": False,
+            "_eager_encoder": False,
+            "_text_feature_cache": {},
+        }
         super().__setstate__(defaults | state | {"_compiled_encoder": None})
 
     # ----------------------------------------------------------------------------------------
@@ -241,6 +249,22 @@ class AnomalyGPTModel(DynamicBufferMixin):
         logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
         self.text_features = self.class_text_features(class_name).to(self.text_features)
         self.class_name = class_name
+
+    @torch.inference_mode(False)  # a normal tensor, as set_class_name's
+    def text_features_for(self, class_name: str) -> torch.Tensor:
+        """``(2, D)`` text features of ``class_name`` without changing the model's class: computed once per class.
+
+        The model's own class gives its ``text_features`` buffer; others (a multi-class train set's
+        classes) are cached outside the state dict, as the text tower is frozen.
+        """
+        if class_name == self.class_name:
+            return self.text_features
+        cached = self._text_feature_cache.get(class_name)
+        if cached is None or cached.device != self.text_features.device:
+            logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
+            cached = self.class_text_features(class_name).to(self.text_features)
+            self._text_feature_cache[class_name] = cached
+        return cached
 
     @torch.inference_mode(False)  # a normal tensor even when called from an inference-mode hook
     @torch.no_grad()

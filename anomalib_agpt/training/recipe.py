@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -104,11 +104,13 @@ def _sample_key(path: str | None, fallback: int) -> int:
 def make_synthetic_batch(
     images: torch.Tensor,
     paths: Sequence[str] | None,
-    settings: SynthesisSettings,
+    settings: SynthesisSettings | Sequence[SynthesisSettings],
     seed: int,
     epoch: int,
 ) -> SyntheticBatch:
     """From CLIP-normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
+
+    ``settings``: one for all images, or one per image (a multi-class batch: each its class's).
 
     Randomness comes from ``(seed, epoch, image key)``; the patch source is the previous image of the
     batch, cyclically (the first takes the last), as the original takes the item it served before;
@@ -121,7 +123,8 @@ def make_synthetic_batch(
     for index in range(raw.shape[0]):
         source = raw[index - 1] if raw.shape[0] > 1 else raw[index].flip(-1)
         key = _sample_key(paths[index] if paths else None, index)
-        sample = synthesize(raw[index], source, settings, np.random.default_rng([seed, epoch, key]))
+        own = settings if isinstance(settings, SynthesisSettings) else settings[index]
+        sample = synthesize(raw[index], source, own, np.random.default_rng([seed, epoch, key]))
         twins.append(sample.image)
         masks.append(sample.mask)
         answers.append(sample.answer)
@@ -159,16 +162,33 @@ class TrainingLosses:
     batch_size: int
 
 
+def per_class_zero_shot_logits(
+    model: AnomalyGPTModel, decoded: Sequence[torch.Tensor], class_names: Sequence[str]
+) -> torch.Tensor:
+    """:func:`zero_shot_logits` with each image's own class's text features: ``(L, B, 2, g, g)``.
+
+    Each class's logits are those :func:`zero_shot_logits` gives with ``model.text_features_for(class)``.
+    """
+    return _per_image(class_names, lambda name: zero_shot_logits(decoded, model.text_features_for(name)), dim=1)
+
+
+def _per_image(keys: Sequence[Any], compute: Callable[[Any], torch.Tensor], dim: int) -> torch.Tensor:
+    """``compute(key)`` for every distinct key (once each), image ``i`` taken from its key's result along ``dim``."""
+    results = {key: compute(key) for key in dict.fromkeys(keys)}
+    return torch.stack([results[key].select(dim, index) for index, key in enumerate(keys)], dim=dim)
+
+
 def training_losses(
     model: AnomalyGPTModel,
     images: torch.Tensor,
     paths: Sequence[str] | None,
-    settings: SynthesisSettings,
+    settings: SynthesisSettings | Sequence[SynthesisSettings],
     step: tuple[int, int, int],
     weights: Mapping[str, float],
-    head_question: str | None = None,
+    head_question: str | Sequence[str] | None = None,
     few_shot_prompt_probability: float = 0.5,
-    reference_memory: torch.Tensor | None = None,
+    reference_memory: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TrainingLosses:
     """Normal images and their synthetic twins -> focal + dice on every tap map (+ the answer loss).
 
@@ -177,6 +197,10 @@ def training_losses(
     sees, with ``few_shot_prompt_probability``, the 1-shot map against ``reference_memory`` (a normal
     image of the class in 4 rotations, :func:`rotation_reference_memory`), else the zero-shot map, as
     the original trains.
+
+    A multi-class batch gives, per image of ``images``: ``class_names`` (the zero-shot logits use each
+    image's class's text features), ``settings``, ``head_question`` and ``reference_memory`` (its
+    class's). Without ``class_names`` the model's current class serves every image.
     """
     if head_question is not None and reference_memory is None and few_shot_prompt_probability > 0:
         msg = "training the explanation head needs reference_memory (see rotation_reference_memory)."
@@ -187,7 +211,10 @@ def training_losses(
     with torch.no_grad():
         features = model.encode(synthetic.images)
     model.set_class_name(None)  # 'object' unless the class was set
-    logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features)
+    if class_names is None:
+        logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features)
+    else:
+        logits = per_class_zero_shot_logits(model, model.decoder(features.patch_tokens), [*class_names, *class_names])
     probabilities = zero_shot_probabilities(logits, size)
     pixel = pixel_loss(probabilities, synthetic.masks)
     total = weights["pixel"] * pixel
@@ -195,11 +222,25 @@ def training_losses(
     if head_question is not None:
         prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
         if np.random.default_rng([seed, epoch, batch_idx]).random() < few_shot_prompt_probability:
-            prompt_map = rotation_reference_map(reference_memory, features, size)
-        questions = [head_question] * len(synthetic.answers)
+            prompt_map = _reference_map(reference_memory, features, size)
+        if isinstance(head_question, str):
+            questions = [head_question] * len(synthetic.answers)
+        else:
+            questions = [*head_question, *head_question]
         answer = model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
         total = total + weights["lm"] * answer
     return TrainingLosses(total, pixel, answer, synthetic.images.shape[0])
+
+
+def _reference_map(
+    memory: torch.Tensor | Sequence[torch.Tensor], features: VisionFeatures, size: tuple[int, int]
+) -> torch.Tensor:
+    """The 1-shot prompt map against one memory, or against each image's own (twins share their image's)."""
+    if isinstance(memory, torch.Tensor):
+        return rotation_reference_map(memory, features, size)
+    memories = [*memory, *memory]
+    by_id = {id(m): m for m in memories}
+    return _per_image([id(m) for m in memories], lambda key: rotation_reference_map(by_id[key], features, size), 0)
 
 
 def epoch_seeded(loader: DataLoader, seed: int, replicas: int = 1, rank: int = 0) -> DataLoader:
