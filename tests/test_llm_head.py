@@ -13,6 +13,7 @@ from anomalib import LearningType
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
+from anomalib_agpt.explanation.llm_head import MAX_TRAINING_TEXT_TOKENS
 from anomalib_agpt.model.checkpoints import CheckpointError
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
@@ -182,6 +183,23 @@ def test_lora_keys_without_adapter_name_are_accepted(weights: dict[str, Any], tm
 def test_question_too_long_for_the_context(explainer: AnomalyGPT, expected: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="exceed the LLM's context of 2048 tokens"):
         explainer.model.explain(expected["queries"][QUERIES[0]]["pixel_values"], "why " * 3000)
+
+
+def test_a_long_training_answer_is_cut_to_the_originals_training_length(explainer: AnomalyGPT) -> None:
+    """An instruction sample's long answer keeps its first tokens: question + answer <= 1024 text tokens."""
+    head = explainer.model.llm_head
+    embedding, prompt_map = torch.zeros(1, head.llama_proj.in_features), torch.zeros(1, 1, 224, 224)
+    question, answer = "Describe the image.", "a long answer " * 600
+    _, mask, labels = head.training_inputs(embedding, prompt_map, [question], [answer])
+    answer_tokens = head.encode(answer + head.conversation.answer_suffix)
+    question_tokens = head.encode(head.conversation.question_text(question))
+    kept = MAX_TRAINING_TEXT_TOKENS - len(question_tokens)
+    assert len(answer_tokens) > kept  # the cut applies
+    targets = labels[0][labels[0] != -100].tolist()
+    assert targets == answer_tokens[:kept]
+    assert int(mask.sum()) == labels.shape[1]
+    _, _, short = head.training_inputs(embedding, prompt_map, [question], ["No."])
+    assert short[0][short[0] != -100].tolist() == head.encode("No." + head.conversation.answer_suffix)
 
 
 def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.llm_head import LLMHead
 from anomalib_agpt.explanation.questions import default_question
 from anomalib_agpt.model.anomaly_maps import zero_shot_logits
+from anomalib_agpt.model.protocol import dataset_family
 from anomalib_agpt.training import recipe
 from anomalib_agpt.training.recipe import synthesis_settings
 
@@ -165,3 +166,10 @@ def test_the_answer_loss_asks_each_sample_about_its_class_with_its_class_s_refer
         assert by_question.setdefault(question, memory) is memory  # one reference per class
     assert len({id(m) for m in memories}) == len(CATEGORIES)
     assert set(model._training_references) == set(CATEGORIES)
+
+
+def test_a_multi_class_train_set_counts_as_its_dataset_for_the_protocol(root: Path) -> None:
+    assert dataset_family(multi(root)) == "mvtec"
+    assert dataset_family(MultiCategory(dataset="Visa", root=root, categories=["candle"])) == "visa"
+    assert dataset_family(MVTecAD(root=root, category="weave")) == "mvtec"
+    assert dataset_family(None) is None

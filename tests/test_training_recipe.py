@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from pathlib import Path
@@ -248,54 +249,94 @@ def cli(args: list[str]) -> Any:
     return _cli_class()(args=args, run=False)
 
 
-def test_paper_training_config_is_the_originals_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("config", "dataset"), [("mvtec_train", "MVTecAD"), ("visa_train", "Visa")])
+def test_paper_training_configs_are_the_originals_recipe(
+    config: str, dataset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as stopped:
-        cli(["fit", "--config", str(CONFIG), "--print_config"])
+        cli(["fit", "--config", str(CONFIG.with_name(f"{config}.yaml")), "--print_config"])
     assert stopped.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"]["init_args"]
     assert model["anomalygpt_checkpoint"] is None
     assert model["trainable"] == ["decoder", "prompt_learner"]
     assert (model["learning_rate"], model["weight_decay"], model["warmup_ratio"]) == (1e-3, 1e-3, 0.1)
-    assert printed["data"]["class_path"] == "anomalib.data.MVTecAD"
-    assert printed["data"]["init_args"]["train_batch_size"] == 8
+    assert model["instruction_data"] is None  # the user's own copy, when they have one
+    data = printed["data"]
+    assert data["class_path"] == "anomalib_agpt.data.MultiCategory"  # one model for all classes
+    assert (data["init_args"]["dataset"], data["init_args"]["categories"]) == (dataset, None)
+    assert data["init_args"]["train_batch_size"] == 8
     assert (printed["trainer"]["max_epochs"], printed["trainer"]["precision"]) == (50, "16-mixed")
 
 
-def test_paper_training_config_runs_one_step_on_cpu(
+def test_paper_training_config_runs_one_step_on_cpu_and_its_checkpoint_tests_per_class(
     heads: dict[str, int], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    image = next((data_root / CATEGORY / "train" / "good").glob("*.png"))
+    instruction_json = tmp_path / "instructions.json"
+    turns = [{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A washer."}]
+    instruction_json.write_text(json.dumps([{"image": str(image), "conversations": turns}]))
+    common = [
+        "--config",
+        str(CONFIG),
+        f"--model.imagebind_checkpoint={IMAGEBIND}",
+        f"--model.vision_heads={heads['vision_heads']}",
+        f"--model.text_heads={heads['text_heads']}",
+        f"--model.llm={HEAD['llm']}",
+        f"--model.pandagpt_checkpoint={HEAD['pandagpt_checkpoint']}",
+        f"--model.instruction_data={instruction_json}",
+        "--trainer.precision=32",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--default_root_dir={tmp_path / 'results'}",
+    ]
     run = cli(
         [
             "fit",
-            "--config",
-            str(CONFIG),
-            f"--model.imagebind_checkpoint={IMAGEBIND}",
-            f"--model.vision_heads={heads['vision_heads']}",
-            f"--model.text_heads={heads['text_heads']}",
-            f"--model.llm={HEAD['llm']}",
-            f"--model.pandagpt_checkpoint={HEAD['pandagpt_checkpoint']}",
+            *common,
             f"--data.root={data_root}",
-            f"--data.category={CATEGORY}",
+            f"--data.categories=[{CATEGORY}]",
             "--data.train_batch_size=2",
             "--data.num_workers=0",
-            "--trainer.precision=32",
-            "--trainer.max_steps=1",
+            "--trainer.max_steps=2",
             "--trainer.limit_val_batches=0",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            f"--default_root_dir={tmp_path / 'results'}",
         ]
     )
+    untrained = run.model.model.decoder.state_dict()
+    untrained = {k: v.clone() for k, v in untrained.items()}
     run._run_subcommand()
     trainer = run.engine.trainer
-    assert trainer.global_step == 1
+    assert trainer.global_step == 2
     assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
     assert float(trainer.callback_metrics["train_lm_loss"]) > 0
+    assert float(trainer.callback_metrics["train_instruction_loss"]) > 0
     state = trainer.optimizers[0].state
-    assert state  # AdamW took its step (at lr 0: DeepSpeed's first warm-up step)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * math.log(2) / math.log(10))
+    assert state  # AdamW took its steps (the first at lr 0: DeepSpeed's first warm-up step)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * math.log(3) / math.log(10))
+    trained_decoder = {k: v.clone() for k, v in run.model.model.decoder.state_dict().items()}
+
+    # the command the config's header gives: test one class of the multi-class run with its checkpoint
+    (checkpoint,) = (tmp_path / "results").rglob("*.ckpt")
+    tested = cli(
+        [
+            "test",
+            *common,
+            "--data=anomalib.data.MVTecAD",
+            f"--data.root={data_root}",
+            f"--data.category={CATEGORY}",
+            "--data.eval_batch_size=4",
+            "--data.num_workers=0",
+            f"--ckpt_path={checkpoint}",
+        ]
+    )
+    tested._run_subcommand()
+    assert tested.model.model.class_name == CATEGORY
+    for key, value in tested.model.model.decoder.state_dict().items():
+        torch.testing.assert_close(value, trained_decoder[key], rtol=0, atol=0)
+        assert not torch.equal(value, untrained[key])  # the trained weights, not the seeded fresh ones
+    metrics = tested.engine.trainer.callback_metrics
+    assert {"image_AUROC", "pixel_AUROC"} <= set(metrics)
 
 
 def test_synthetic_anomalies_do_not_depend_on_where_the_dataset_lives() -> None:

@@ -36,6 +36,9 @@ from anomalib_agpt.model import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
 
+MAX_TRAINING_TEXT_TOKENS = 1024
+"""The original's training length (``max_tgt_len``): a row's question and answer tokens together."""
+
 
 @dataclass(frozen=True)
 class LLMHeadSpec:
@@ -232,10 +235,19 @@ class LLMHead(nn.Module):
         questions: Sequence[str],
         answers: Sequence[str],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt + answer + end of turn, right-padded; labels are -100 except on the answer."""
+        """Prompt + answer + end of turn, right-padded; labels are -100 except on the answer.
+
+        A long answer (an instruction sample's) is cut to fit the LLM's context and the original's
+        training length (the row's text, question and answer, at most 1024 tokens).
+        """
         rows, labels = [], []
-        for prefix, answer in zip(self._prefix_rows(image_embedding, anomaly_map, questions), answers, strict=True):
+        for prefix, question, answer in zip(
+            self._prefix_rows(image_embedding, anomaly_map, questions), questions, answers, strict=True
+        ):
             target = self.encode(answer + self.conversation.answer_suffix)
+            question_tokens = len(self.encode(self.conversation.question_text(question)))
+            room = min(self.context_length - prefix.shape[0], MAX_TRAINING_TEXT_TOKENS - question_tokens)
+            target = target[: max(room, 1)]
             rows.append(torch.cat([prefix, self._embed(target)]))
             labels.append([-100] * prefix.shape[0] + target)
         embeds, mask = self._pad(rows, left=False)

@@ -29,8 +29,10 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from torch import nn
+from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
+from anomalib_agpt.data.instructions import InstructionMix, load_instruction_data
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import ConversationName, is_anomalous_answer
 from anomalib_agpt.explanation.llm_head import LLMHeadSpec
@@ -64,6 +66,7 @@ from anomalib_agpt.training.recipe import (
     TrainablePart,
     epoch_seeded,
     fresh_decoder_delta,
+    instruction_loss,
     rotation_reference_memory,
     save_anomalygpt_delta,
     set_trainable,
@@ -221,7 +224,8 @@ class AnomalyGPT(AnomalibModule):
     - inference speed: ``llm_dtype``, ``merge_lora``, ``attn_implementation``, ``llm_quantization``,
       ``encoder_dtype``, ``compile_encoder``;
     - training: ``trainable``, ``synthesis``, ``learning_rate``, ``weight_decay``, ``warmup_ratio``,
-      ``pixel_loss_weight``, ``lm_loss_weight``, ``few_shot_prompt_probability``;
+      ``pixel_loss_weight``, ``lm_loss_weight``, ``few_shot_prompt_probability``, ``instruction_data``,
+      ``instruction_images``;
     - anomalib components: ``pre_processor``, ``post_processor``, ``evaluator``, ``visualizer``.
 
     Args:
@@ -285,6 +289,13 @@ class AnomalyGPT(AnomalibModule):
         few_shot_prompt_probability: Share of training batches whose prompt learner sees the 1-shot map
             (reference: the first normal image of the train set in sorted order, pre-processed as for
             evaluation, in 4 rotations, encoded once) instead of the zero-shot map.
+        instruction_data: Your PandaGPT- or LLaVA-style instruction JSON (image + conversation per
+            entry). Each step then also takes one instruction sample per normal image of its batch (the
+            original's ratio): its first question and answer, through the same answer loss, with the
+            zero-shot map against ``object`` as the prompt; the step's loss is the mean of the anomaly and
+            the instruction losses, as the original's alternating micro-batches. Needs a head part in
+            ``trainable``. Checked whole (every entry, every image file) when fitting starts.
+        instruction_images: Folder the JSON's image names are relative to; default: the JSON's folder.
         conversation: ``auto`` (the LLM's chat template if its tokenizer has one, else PandaGPT's),
             ``pandagpt`` (Vicuna v0, the released weights) or ``chat``.
         untrained_head_parts: Head parts (``llama_proj``, ``prompt_learner``, ``lora``) that may start
@@ -341,6 +352,8 @@ class AnomalyGPT(AnomalibModule):
         pixel_loss_weight: float = 1.0,
         lm_loss_weight: float = 1.0,
         few_shot_prompt_probability: float = 0.5,
+        instruction_data: str | Path | None = None,
+        instruction_images: str | Path | None = None,
         conversation: ConversationName = "auto",
         untrained_head_parts: list[TrainablePart] | None = None,
         protocol: Protocol = "anomalib",
@@ -384,6 +397,12 @@ class AnomalyGPT(AnomalibModule):
         head_parts = [part for part in trainable or [] if part != "decoder"]
         if head_parts and spec is None:
             msg = f"trainable={trainable}: {head_parts} belong to the explanation head; pass llm (an LLM folder)."
+            raise OptionError(msg)
+        if instruction_data is not None and not head_parts:
+            msg = (
+                f"instruction_data='{instruction_data}' trains through the answer loss; add a head part "
+                f"(prompt_learner, llama_proj, lora or llm) to trainable={trainable} and pass llm."
+            )
             raise OptionError(msg)
         model = build_torch_model(
             imagebind_checkpoint,
@@ -431,6 +450,10 @@ class AnomalyGPT(AnomalibModule):
         self.optimiser_settings = {"lr": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio}
         self.loss_weights = {"pixel": pixel_loss_weight, "lm": lm_loss_weight}
         self.few_shot_prompt_probability = few_shot_prompt_probability
+        self.instruction_data = instruction_data
+        self.instruction_images = instruction_images
+        self._instruction_mix: InstructionMix | None = None
+        """The instruction samples, read and checked in ``setup("fit")``."""
         self._prompt_learner_from_scratch = (
             not anomalygpt_checkpoint and preset is None and "prompt_learner" in self.trainable
         )
@@ -485,6 +508,10 @@ class AnomalyGPT(AnomalibModule):
         """
         if stage != "fit" or not self.trainable:
             return
+        if self.instruction_data is not None:  # checked whole before any weights of the head load
+            samples = load_instruction_data(self.instruction_data, self.instruction_images)
+            self._instruction_mix = InstructionMix(samples, self.seed)
+            logger.info("AnomalyGPT: %d instruction samples from %s", len(samples), self.instruction_data)
         # Before configure_optimizers: the head's trainable parts must exist when the optimiser is built.
         self.prepare(load_llm=any(part != "decoder" for part in self.trainable))
         set_trainable(self.model, self.trainable)
@@ -527,11 +554,35 @@ class AnomalyGPT(AnomalibModule):
             reference_memory=reference,
             class_names=class_names,
         )
+        total = losses.total
+        if self._instruction_mix is not None:
+            instruction = self._instruction_loss(self._instruction_mix, batch, batch_idx)
+            total = (total + self.loss_weights["lm"] * instruction) / 2
+            self.log("train_instruction_loss", instruction, batch_size=batch.image.shape[0])
         self.log("train_pixel_loss", losses.pixel, batch_size=losses.batch_size)
         if losses.answer is not None:
             self.log("train_lm_loss", losses.answer, batch_size=losses.batch_size)
-        self.log("train_loss", losses.total, prog_bar=True, batch_size=losses.batch_size)
-        return losses.total
+        self.log("train_loss", total, prog_bar=True, batch_size=losses.batch_size)
+        return total
+
+    def _instruction_loss(self, mix: InstructionMix, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """The answer loss on this step's instruction samples, one per normal image of the batch.
+
+        Their images take the training images' pre-processing (squashed to the model's side).
+        """
+        pre_processor = self.pre_processor
+        if isinstance(pre_processor, ClipPreProcessor) and pre_processor.train_transform is not None:
+            transform = pre_processor.train_transform
+        else:  # a user's pre-processor: its transform, then one size for the batch
+            side = self.model.image_size
+            steps = [pre_processor.transform] if pre_processor is not None and pre_processor.transform else []
+            transform = Compose([*steps, Resize((side, side))])
+        trainer = self.trainer
+        mixed = mix.batch(
+            self.current_epoch, batch_idx, batch.image.shape[0], transform, trainer.world_size, trainer.global_rank
+        )
+        images = mixed.images.to(device=batch.image.device, dtype=batch.image.dtype)
+        return instruction_loss(self.model, images, mixed.questions, mixed.answers)
 
     def _squash_training_images(self, datamodule: Any) -> None:  # noqa: ANN401
         """Resize the train set with the pre-processor's training resize (squash), as the original trains.

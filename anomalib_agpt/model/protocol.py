@@ -53,8 +53,12 @@ def check_protocol(protocol: str) -> None:
 
 
 def dataset_family(datamodule: object | None) -> DatasetFamily | None:
-    """``mvtec`` for anomalib's MVTec AD datamodule, ``visa`` for VisA, else ``None`` (by class name)."""
-    name = type(datamodule).__name__.lower() if datamodule is not None else ""
+    """``mvtec`` for anomalib's MVTec AD datamodule, ``visa`` for VisA, else ``None`` (by class name).
+
+    A multi-class datamodule (:class:`~anomalib_agpt.data.MultiCategory`) counts as its ``dataset_class``.
+    """
+    kind = getattr(datamodule, "dataset_class", type(datamodule))
+    name = kind.__name__.lower() if datamodule is not None and isinstance(kind, type) else ""
     if name.startswith("mvtecad") or name == "mvtec":
         return "mvtec"
     if name.startswith("visa"):

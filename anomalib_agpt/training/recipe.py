@@ -27,6 +27,7 @@ from anomalib_agpt.model.anomaly_maps import (
 from anomalib_agpt.model.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
 from anomalib_agpt.model.encoder import NUM_TAPS, VisionFeatures
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
+from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
 from anomalib_agpt.training.loss import pixel_loss
 from anomalib_agpt.training.synthesis import (
@@ -220,7 +221,7 @@ def training_losses(
     total = weights["pixel"] * pixel
     answer = None
     if head_question is not None:
-        prompt_map = torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
+        prompt_map = zero_shot_prompt_map(probabilities)
         if np.random.default_rng([seed, epoch, batch_idx]).random() < few_shot_prompt_probability:
             prompt_map = _reference_map(reference_memory, features, size)
         if isinstance(head_question, str):
@@ -230,6 +231,26 @@ def training_losses(
         answer = model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
         total = total + weights["lm"] * answer
     return TrainingLosses(total, pixel, answer, synthetic.images.shape[0])
+
+
+def zero_shot_prompt_map(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The prompt learner's zero-shot input: the abnormal channel averaged over the taps, ``(B, 1, H, W)``."""
+    return torch.stack([p[:, 1:] for p in probabilities]).mean(dim=0)
+
+
+def instruction_loss(
+    model: AnomalyGPTModel, images: torch.Tensor, questions: Sequence[str], answers: Sequence[str]
+) -> torch.Tensor:
+    """The answer loss on instruction samples, as the original's instruction batches: no pixel loss.
+
+    The prompt learner sees the zero-shot map against the ``object`` text features (whatever the
+    class of the anomaly batches), so gradients reach it and the decoder through the answers only.
+    """
+    with torch.no_grad():
+        features = model.encode(images)
+    logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features_for(DEFAULT_CLASS_NAME))
+    prompt_map = zero_shot_prompt_map(zero_shot_probabilities(logits, tuple(images.shape[-2:])))
+    return model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, answers)
 
 
 def _reference_map(
