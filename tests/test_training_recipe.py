@@ -123,6 +123,34 @@ def test_patch_source_is_the_previous_image_of_the_batch() -> None:
     single = make_synthetic_batch(images[:1], paths[:1], object_settings(), seed=4, epoch=2)
     torch.testing.assert_close(single.images[1:], twin(0, raw[0].flip(-1)).unsqueeze(0), rtol=0, atol=1e-5)
 
+    # after the epoch's first step, the first image's source is the previous step's last image
+    served = make_synthetic_batch(images[:1], paths[:1], object_settings(), seed=4, epoch=2, previous=images[2])
+    torch.testing.assert_close(served.images[1:], twin(0, raw[2]).unsqueeze(0), rtol=0, atol=1e-5)
+    served = make_synthetic_batch(images[:2], paths[:2], object_settings(), seed=4, epoch=2, previous=images[2])
+    torch.testing.assert_close(served.images[2:], previous[:2], rtol=0, atol=1e-5)  # c is before a, a before b
+
+
+def test_steps_pass_their_last_image_on_within_an_epoch(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    make = lightning_model.training_losses
+
+    def spy(model: Any, images: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append({"images": images.clone(), "previous": kwargs.get("previous_image")})
+        return make(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(lightning_model, "training_losses", spy)
+    model = AnomalyGPT(**weights, trainable=["decoder"])
+    datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=1, num_workers=0)
+    Engine(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0, **QUIET).fit(
+        model=model, datamodule=datamodule
+    )
+    assert len(calls) == 4
+    for epoch_start in (0, 2):  # each epoch's first step has none: it starts as a resumed epoch would
+        assert calls[epoch_start]["previous"] is None
+        torch.testing.assert_close(calls[epoch_start + 1]["previous"], calls[epoch_start]["images"][-1], rtol=0, atol=0)
+
 
 # --------------------------------------------------------------------------------------------
 # 3. Squashed training images, evaluation as configured

@@ -458,6 +458,8 @@ class AnomalyGPT(AnomalibModule):
             not anomalygpt_checkpoint and preset is None and "prompt_learner" in self.trainable
         )
         self._training_reference: torch.Tensor | None = None
+        self._previous_train_image: torch.Tensor | None = None
+        """The last normal image of the previous step: the next step's first patch source (per epoch)."""
         """Memory of the prompt learner's 1-shot training reference (4 rotations), encoded once per fit."""
         self._training_references: dict[str, torch.Tensor] = {}
         """The same per category, for a multi-class train set."""
@@ -553,7 +555,9 @@ class AnomalyGPT(AnomalibModule):
             few_shot_prompt_probability=self.few_shot_prompt_probability,
             reference_memory=reference,
             class_names=class_names,
+            previous_image=self._previous_train_image,
         )
+        self._previous_train_image = batch.image[-1].detach().clone()
         total = losses.total
         if self._instruction_mix is not None:
             instruction = self._instruction_loss(self._instruction_mix, batch, batch_idx)
@@ -564,6 +568,10 @@ class AnomalyGPT(AnomalibModule):
             self.log("train_lm_loss", losses.answer, batch_size=losses.batch_size)
         self.log("train_loss", total, prog_bar=True, batch_size=losses.batch_size)
         return total
+
+    def on_train_epoch_start(self) -> None:
+        """Each epoch's first patch source is from its own first batch (a resumed epoch starts the same)."""
+        self._previous_train_image = None
 
     def _instruction_loss(self, mix: InstructionMix, batch: Batch, batch_idx: int) -> torch.Tensor:
         """The answer loss on this step's instruction samples, one per normal image of the batch.

@@ -108,21 +108,27 @@ def make_synthetic_batch(
     settings: SynthesisSettings | Sequence[SynthesisSettings],
     seed: int,
     epoch: int,
+    previous: torch.Tensor | None = None,
 ) -> SyntheticBatch:
     """From CLIP-normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
 
     ``settings``: one for all images, or one per image (a multi-class batch: each its class's).
 
-    Randomness comes from ``(seed, epoch, image key)``; the patch source is the previous image of the
-    batch, cyclically (the first takes the last), as the original takes the item it served before;
-    a batch of one uses the image itself, flipped.
+    Randomness comes from ``(seed, epoch, image key)``. The patch source is the image served just
+    before, as in the original: the previous image of the batch, and for the first one ``previous``
+    (the last normal image of the previous step, CLIP-normalised like ``images``); without it (an
+    epoch's first step) the batch's last image, or for a batch of one the image itself, flipped.
     """
     mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
     raw = (images * std + mean).clamp(0, 1).float().cpu()
+    if previous is not None:
+        before = (previous.to(images.device).unsqueeze(0) * std + mean).clamp(0, 1).float().cpu()[0]
+    else:
+        before = raw[-1] if raw.shape[0] > 1 else raw[0].flip(-1)
     twins, masks, answers = [], [], []
     for index in range(raw.shape[0]):
-        source = raw[index - 1] if raw.shape[0] > 1 else raw[index].flip(-1)
+        source = raw[index - 1] if index > 0 else before
         key = _sample_key(paths[index] if paths else None, index)
         own = settings if isinstance(settings, SynthesisSettings) else settings[index]
         sample = synthesize(raw[index], source, own, np.random.default_rng([seed, epoch, key]))
@@ -190,6 +196,7 @@ def training_losses(
     few_shot_prompt_probability: float = 0.5,
     reference_memory: torch.Tensor | Sequence[torch.Tensor] | None = None,
     class_names: Sequence[str] | None = None,
+    previous_image: torch.Tensor | None = None,
 ) -> TrainingLosses:
     """Normal images and their synthetic twins -> focal + dice on every tap map (+ the answer loss).
 
@@ -202,12 +209,13 @@ def training_losses(
     A multi-class batch gives, per image of ``images``: ``class_names`` (the zero-shot logits use each
     image's class's text features), ``settings``, ``head_question`` and ``reference_memory`` (its
     class's). Without ``class_names`` the model's current class serves every image.
+    ``previous_image``: the last normal image of the previous step (the first image's patch source).
     """
     if head_question is not None and reference_memory is None and few_shot_prompt_probability > 0:
         msg = "training the explanation head needs reference_memory (see rotation_reference_memory)."
         raise ValueError(msg)
     seed, epoch, batch_idx = step
-    synthetic = make_synthetic_batch(images, paths, settings, seed, epoch)
+    synthetic = make_synthetic_batch(images, paths, settings, seed, epoch, previous_image)
     size = tuple(synthetic.images.shape[-2:])
     with torch.no_grad():
         features = model.encode(synthetic.images)
