@@ -376,3 +376,26 @@ def test_synthetic_anomalies_do_not_depend_on_where_the_dataset_lives() -> None:
     assert _sample_key(here, 0) == _sample_key(there, 1) == zlib.crc32(b"weave/train/good/003.png")
     assert _sample_key("/tmp/run_a/data/weave/train/good/004.png", 0) != _sample_key(here, 0)
     assert _sample_key(None, 7) == 7
+
+
+def test_paper_protocol_trains_with_the_dataset_s_class_name_and_tests_with_the_question_rule(
+    weights: dict[str, Any], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anomalib_agpt.explanation.questions import paper_class_name
+
+    seen: list[tuple[str | None, Any]] = []
+    make = lightning_model.training_losses
+
+    def spy(model: Any, images: torch.Tensor, paths: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((model.class_name, settings))
+        return make(model, images, paths, settings, *args, **kwargs)
+
+    monkeypatch.setattr(lightning_model, "training_losses", spy)
+    model = AnomalyGPT(**weights, trainable=["decoder"], protocol="paper")
+    engine = Engine(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, **QUIET)
+    engine.fit(model=model, datamodule=datamodule_of(data_root))
+    evaluated = paper_class_name(model.asked_question(CATEGORY))
+    assert evaluated != CATEGORY  # the two rules differ here, so the test can tell them apart
+    assert seen == [(CATEGORY, object_settings())]  # washer: no entry in the original's tables
+    engine.test(model=model, datamodule=datamodule_of(data_root))
+    assert model.model.class_name == evaluated

@@ -28,6 +28,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -753,6 +754,11 @@ class AnomalyGPT(AnomalibModule):
         trainer = getattr(self, "_trainer", None)
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def _fitting(self) -> bool:
+        """Whether the attached trainer is fitting (training, or validating between epochs)."""
+        trainer = getattr(self, "_trainer", None)
+        return trainer is not None and trainer.state.fn == TrainerFn.FITTING
+
     def _category(self) -> str | None:
         """The datamodule's category; ``None`` for a multi-class train set (each sample has its own)."""
         datamodule = self._datamodule()
@@ -764,12 +770,13 @@ class AnomalyGPT(AnomalibModule):
         """Constructor name; else under ``paper`` the original's rule on the question, else the category.
 
         ``category``: a multi-class train set's sample's (default: the datamodule's). ``None`` keeps the
-        current one (a restored checkpoint's, or ``object``).
+        current one (a restored checkpoint's, or ``object``). While fitting, the category: the original
+        trains with the dataset's class names and applies its question rule only when it evaluates.
         """
         if self.class_name:
             return category_to_class_name(self.class_name)
         category = category or self._category()
-        if self.protocol == "paper" and (self.question or category or self.questions):
+        if self.protocol == "paper" and not self._fitting() and (self.question or category or self.questions):
             return paper_class_name(self.asked_question(category))
         return category_to_class_name(category) if category else None
 
