@@ -15,9 +15,10 @@ import yaml
 
 from anomalib_agpt import leaderboard
 from anomalib_agpt.apps import demo
-from anomalib_agpt.apps.leaderboard.config import build_parser, option_names
+from anomalib_agpt.apps.leaderboard.config import build_parser
 from anomalib_agpt.apps.leaderboard.report import output_lines
 from anomalib_agpt.apps.leaderboard.results import append_result, resume_line
+from anomalib_agpt.apps.options import option_names
 
 ENVIRONMENT = (leaderboard.IMAGEBIND_ENV, leaderboard.CHECKPOINT_ENV, leaderboard.PANDAGPT_ENV)
 DASHED = [

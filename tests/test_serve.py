@@ -440,26 +440,51 @@ def test_serve_options_dashed_underscored_and_from_a_config_file(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--vision-heads", "x"], "error: --vision-heads: expected an integer, got 'x'"),
-        (["--port", "http"], "error: --port: expected an integer, got 'http'"),
+        (["--vision-heads", "x"], "error: --vision-heads: expected an integer, got x"),
+        (["--text_heads=1.5"], "error: --text_heads: expected an integer, got 1.5"),
+        (["--port", "http"], "error: --port: expected an integer, got http"),
         (["--port", "0"], "error: --port: expected 1-65535, got 0"),
         (["--max-upload-mb", "0"], "error: --max-upload-mb: expected a positive number, got 0.0"),
+        (["--max_new_tokens=-3"], "error: --max_new_tokens: expected a positive number, got -3"),
         (["--bogus"], "error: Unrecognized arguments: --bogus"),
-        (["--config", "missing.yaml"], "error: --config: File does not exist"),
+        (["--config", "missing.yaml"], "error: --config missing.yaml: no such file"),
     ],
 )
 def test_serve_option_mistakes_are_one_short_line_and_exit_2(
     argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Usage, a tip and one ``error:`` line naming the option as typed (as every command does); exit status 2."""
     from anomalib_agpt.apps.serve.app import parse_args
 
     with pytest.raises(SystemExit) as exited:
         parse_args(argv)
     assert exited.value.code == 2
-    error = capsys.readouterr().err
-    assert error.startswith(expected)
-    assert len(error.splitlines()) <= 2  # no usage block, no type dump
-    assert "Traceback" not in error
+    captured = capsys.readouterr()
+    assert not captured.out
+    lines = captured.err.splitlines()
+    assert len(lines) == 3, captured.err  # no type dump
+    assert lines[0].startswith("usage: anomalib-agpt serve [--config FILE]")
+    assert lines[-1].startswith(expected)
+    assert "Traceback" not in captured.err
+
+
+def test_serve_config_file_mistakes_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad value or an unknown name in ``--config`` is one line naming the key; dashed keys are accepted."""
+    from anomalib_agpt.apps.serve.app import parse_args
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("max-upload-mb: 3\nport: 8000\n")
+    assert (parse_args(["--config", str(config)]).max_upload_mb, parse_args(["-c", str(config)]).port) == (3.0, 8000)
+    for text, expected in (
+        ("port: http\n", "error: port (config file): expected an integer, got http"),
+        ("port: 70000\n", "error: port (config file): expected 1-65535, got 70000"),
+        ("prot: 80\n", f"error: --config {config}: unknown option(s) prot; expected any of: "),
+    ):
+        config.write_text(text)
+        with pytest.raises(SystemExit) as exited:
+            parse_args(["--config", str(config)])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(expected)
 
 
 def test_verdict_badges_on_the_page_are_labelled() -> None:

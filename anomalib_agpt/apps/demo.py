@@ -20,9 +20,9 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, LeaderboardConfig, run_leaderboard
-from anomalib_agpt.apps.leaderboard.config import CommandParser, add_option, add_weight_options
+from anomalib_agpt.apps.leaderboard import LeaderboardConfig, run_leaderboard
 from anomalib_agpt.apps.leaderboard.report import output_lines
+from anomalib_agpt.apps.options import CHECKPOINT_ENV, IMAGEBIND_ENV, CommandParser, add_option, add_weight_options
 
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
 MALLOC_VALUE = "131072"  # keeps Patchcore's coreset step near 1 GB on torch 2.14 (glibc reads it at start)

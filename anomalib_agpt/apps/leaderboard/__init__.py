@@ -30,18 +30,12 @@ for the run or on the cluster of ``--ray-address``; the sequential path never im
 """
 
 from anomalib_agpt.apps.leaderboard.cells import batch_timer, make_datamodule, quiet, run_cell
-from anomalib_agpt.apps.leaderboard.config import (
-    CHECKPOINT_ENV,
-    DEFAULT_MODELS,
-    IMAGEBIND_ENV,
-    PANDAGPT_ENV,
-    LeaderboardConfig,
-    parse_args,
-)
+from anomalib_agpt.apps.leaderboard.config import DEFAULT_MODELS, LeaderboardConfig, parse_args
 from anomalib_agpt.apps.leaderboard.models import BuiltModel, build_model
 from anomalib_agpt.apps.leaderboard.report import summarise, write_chart, write_markdown
 from anomalib_agpt.apps.leaderboard.results import COLUMNS, METRICS, append_result, read_results
 from anomalib_agpt.apps.leaderboard.run import main, run_leaderboard
+from anomalib_agpt.apps.options import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
 
 __all__ = [
     "CHECKPOINT_ENV",

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from anomalib_agpt.apps.leaderboard.config import CHECKPOINT_ENV, IMAGEBIND_ENV, LeaderboardConfig
+from anomalib_agpt.apps.leaderboard.config import LeaderboardConfig
 from anomalib_agpt.apps.leaderboard.results import latest_rows
+from anomalib_agpt.apps.options import CHECKPOINT_ENV, IMAGEBIND_ENV
 
 
 def _float(value: str | None) -> float | None:

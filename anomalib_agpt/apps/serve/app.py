@@ -4,8 +4,9 @@ Upload or pick an image (and, optionally, normal reference images for few-shot),
 heatmap, the predicted mask, the score, labelled verdicts and the model's answer, and ask follow-up
 questions. The page only wires Gradio components to :class:`~anomalib_agpt.apps.serve.handlers.ServeSession`;
 all behaviour lives there. Nothing is fetched from the network: analytics are off, the theme uses system
-fonts and Gradio prints no share-link hint. Options are parsed by jsonargparse, as anomalib's CLI does:
-``--config serve.yaml`` (the same names with underscores) and ``--print_config``.
+fonts and Gradio prints no share-link hint. Options are parsed by the commands' shared parser
+(:mod:`anomalib_agpt.apps.options`, jsonargparse as in anomalib's CLI): ``--config serve.yaml`` (the same
+names with underscores), ``--print_config`` and one short ``error:`` line for a mistake.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import html
 import ipaddress
 import logging
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
+from anomalib_agpt.apps.options import CommandParser, add_llm_options, add_option, add_weight_options, fail
 from anomalib_agpt.apps.serve.handlers import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -32,6 +31,7 @@ from anomalib_agpt.apps.serve.handlers import (
     ServeSession,
     limit_pil_decoding,
 )
+from anomalib_agpt.errors import OptionError
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -47,10 +47,18 @@ HOST_HELP = (
     "who can reach the address can run the model, upload files and read the example images, so only pass "
     "another host (e.g. 0.0.0.0, all interfaces) on a network you trust, or behind an authenticating proxy."
 )
-CONFIG_HELP = (
-    "a YAML file of these options, named with underscores (e.g. 'max_upload_mb: 20'); options given after "
-    "it override it. --print_config prints one."
-)
+DESCRIPTION = """\
+Web demo: image in; anomaly heatmap, mask, score, labelled verdicts and a conversation about the defect \
+out. With no model options it serves the demo preset (random weights) and says so on the page.
+
+Every option can also be given in a YAML file (--config) under the same name; flags win over the file. \
+--print_config prints the options as such a file."""
+EPILOG = """\
+examples:
+  anomalib-agpt serve
+  anomalib-agpt serve --checkpoint path/to/model.ckpt
+  anomalib-agpt serve --checkpoint model.ckpt --print_config > serve.yaml
+  anomalib-agpt serve --config serve.yaml --max-upload-mb 5"""
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
 CSS = """
 #status p { margin: 0; }
@@ -61,125 +69,55 @@ CSS = """
 #verdict .badge.normal { background: #1e9632; }
 #verdict .no-verdict { color: #666; }
 """
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
 
 
-class _Parser(ArgumentParser):
-    """jsonargparse's parser whose errors are one short line (exit status 2), not usage and type dumps."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """``error: <short message>`` on stderr and exit status 2 (or jsonargparse's exception when not exiting)."""
-        if not self.exit_on_error:
-            super().error(message, ex)
-        sys.stderr.write(f"error: {short_error(message)}\n({PROG} --help lists the options)\n")
-        self.exit(2)
-
-
-def short_error(message: str) -> str:
-    """A jsonargparse error as one line: ``--vision-heads: expected an integer, got 'x'``."""
-    found = re.match(r'Parser key "([^"]+)":\s*(.*)', message, flags=re.DOTALL)
-    dashed_key = re.match(r'Key "(\w+)" not found in namespace', message)  # a dashed key in a --config file
-    if dashed_key is not None:
-        return f"{message.strip()} (--config files name the options with underscores: {dashed_key.group(1)})"
-    if found is None:
-        return " ".join(message.split())[:300]
-    option, detail = "--" + found.group(1).replace("_", "-"), found.group(2)
-    expected = [_TYPE_WORDS.get(name, name) for name in re.findall(r"Expected a <class '(\w+)'>", detail)]
-    expected = [word for word in expected if word != "NoneType"]
-    value = re.search(r"(?:Given|Got) value: (.*)", detail)
-    if expected and value:
-        return f"{option}: expected {' or '.join(expected)}, got '{value.group(1).strip()}'"
-    return f"{option}: {' '.join(detail.split())[:300]}"
-
-
-def build_parser() -> ArgumentParser:
-    """The ``serve`` options: dashed flags, with underscore aliases (the names a ``--config`` file uses)."""
-    from anomalib_agpt.apps.leaderboard import CHECKPOINT_ENV, IMAGEBIND_ENV, PANDAGPT_ENV
-
-    parser = _Parser(
-        prog=PROG,
-        description="Web demo: image in; anomaly heatmap, mask, score, labelled verdicts and a conversation about "
-        "the defect out. With no model options it serves the demo preset (random weights) and says so on the page.",
-        default_env=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help=CONFIG_HELP)
-
-    def option(group: Any, name: str, **kwargs: Any) -> None:  # noqa: ANN401 - an argparse group
-        dashed = f"--{name}"
-        underscored = dashed[:2] + dashed[2:].replace("-", "_")
-        group.add_argument(*dict.fromkeys((dashed, underscored)), **kwargs)
-
+def build_parser() -> CommandParser:
+    """The ``serve`` options, each with its underscore and dashed spelling (environment defaults read now)."""
+    parser = CommandParser(PROG, DESCRIPTION, EPILOG)
     model = parser.add_argument_group("model (none given: the demo preset)")
-    option(model, "checkpoint", type=str | None, help="a trained Lightning checkpoint (e.g. from `anomalib-agpt demo`)")
-    option(
-        model,
-        "imagebind-checkpoint",
-        type=str | None,
-        default=os.environ.get(IMAGEBIND_ENV) or None,
-        help=f"imagebind_huge.pth (default ${IMAGEBIND_ENV})",
-    )
-    option(
-        model,
-        "anomalygpt-checkpoint",
-        type=str | None,
-        default=os.environ.get(CHECKPOINT_ENV) or None,
-        help=f"AnomalyGPT delta, e.g. train_supervised/pytorch_model.pt (default ${CHECKPOINT_ENV})",
-    )
-    option(model, "vision-heads", type=int | None, help="attention heads of the vision tower (16 for Huge)")
-    option(model, "text-heads", type=int | None, help="attention heads of the text tower (16 for Huge)")
-    option(model, "llm", type=str | None, help="LLM folder (Vicuna-7B v0) for answers; without it: scores only")
-    option(
-        model,
-        "pandagpt-checkpoint",
-        type=str | None,
-        default=os.environ.get(PANDAGPT_ENV) or None,
-        help=f"PandaGPT delta (llama_proj and LoRA; default ${PANDAGPT_ENV})",
-    )
-    option(model, "class-name", type=str | None, help="object name for the prompts (the page can switch it)")
-    option(model, "max-new-tokens", type=int | None, help="longest answer, in tokens")
-    option(model, "examples", type=str | None, help="folder of images offered as examples on the page")
-    option(
-        model,
-        "demo-dir",
-        type=str,
-        default=str(Path(tempfile.gettempdir()) / "anomalib_agpt_serve_demo"),
-        help="where the demo preset writes its synthetic images",
-    )
-    option(model, "seed", type=int, default=0, help="seed of the demo preset")
+    checkpoint_help = "a trained Lightning checkpoint (e.g. from anomalib-agpt demo)"
+    add_option(model, "checkpoint", str | None, None, "FILE", checkpoint_help)
+    add_weight_options(model, heads_default=None)
+    add_llm_options(model, "LLM folder (Vicuna-7B v0) for answers; without it: scores only")
+    add_option(model, "class_name", str | None, None, "NAME", "object name for the prompts (the page can switch it)")
+    add_option(model, "max_new_tokens", int | None, None, "N", "longest answer, in tokens")
+    add_option(model, "examples", str | None, None, "DIR", "folder of images offered as examples on the page")
+    demo_dir = str(Path(tempfile.gettempdir()) / "anomalib_agpt_serve_demo")
+    demo_dir_help = f"where the demo preset writes its synthetic images (default: {demo_dir})"
+    add_option(model, "demo_dir", str, demo_dir, "DIR", demo_dir_help)
+    add_option(model, "seed", int, 0, "N", "seed of the demo preset (default: 0)")
     server = parser.add_argument_group("server")
-    option(server, "host", type=str, default="127.0.0.1", help=HOST_HELP)
-    option(server, "port", type=int, default=7860, help="port to listen on")
-    option(
-        server,
-        "max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="largest image (width x height) decoded; larger ones, decompression bombs included, get a message",
+    add_option(server, "host", str, "127.0.0.1", "HOST", HOST_HELP)
+    add_option(server, "port", int, 7860, "PORT", "port to listen on (default: 7860)")
+    pixels_help = (
+        "largest image (width x height) decoded; larger ones, decompression bombs included, get a message "
+        f"(default: {DEFAULT_MAX_IMAGE_PIXELS})"
     )
-    option(
-        server,
-        "max-upload-mb",
-        type=float,
-        default=DEFAULT_MAX_UPLOAD_MB,
-        help="largest uploaded file, in MB; larger ones get a message and are not opened",
+    add_option(server, "max_image_pixels", int, DEFAULT_MAX_IMAGE_PIXELS, "N", pixels_help)
+    upload_help = (
+        "largest uploaded file, in MB; larger ones get a message and are not opened "
+        f"(default: {DEFAULT_MAX_UPLOAD_MB:g})"
     )
+    add_option(server, "max_upload_mb", float, DEFAULT_MAX_UPLOAD_MB, "MB", upload_help)
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of ``serve`` (no Gradio needed, so ``--help`` always works).
 
-    Mistakes print one ``error: ...`` line and exit with status 2. The result is a plain namespace with
-    one attribute per option (underscored), ``demo_dir`` a :class:`~pathlib.Path`.
+    Mistakes print the usage and one ``error: ...`` line and exit with status 2. The result is a plain
+    namespace with one attribute per option (underscored), ``demo_dir`` a :class:`~pathlib.Path`.
     """
     parser = build_parser()
-    config = parser.parse_args(list(argv))
+    config, print_config = parser.parse(argv)
+    if print_config is not None:
+        parser.print_options(config, print_config)
     values = {key: value for key, value in config.as_dict().items() if key != "config"}
     if not 0 < values["port"] < 65536:
-        parser.error(f"--port: expected 1-65535, got {values['port']}")
+        fail(parser, OptionError(f"{parser.spelled('port')}: expected 1-65535, got {values['port']}"))
     for name in ("max_image_pixels", "max_upload_mb", "vision_heads", "text_heads", "max_new_tokens"):
         if values[name] is not None and not values[name] > 0:
-            parser.error(f"--{name.replace('_', '-')}: expected a positive number, got {values[name]}")
+            fail(parser, OptionError(f"{parser.spelled(name)}: expected a positive number, got {values[name]}"))
     values["demo_dir"] = Path(values["demo_dir"])
     return argparse.Namespace(**values)
 
