@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,11 @@ def fit(
     epochs: int,
     ckpt_path: Path | None = None,
     stop_after: int | None = None,
+    **options: Any,
 ) -> tuple:
     seed_everything(0)
     recorder = LossRecorder()
-    model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
+    model = AnomalyGPT(**weights, **({"trainable": ["decoder"], "learning_rate": 1e-2} | options))
     engine = Engine(
         default_root_dir=root,
         logger=False,
@@ -243,6 +245,35 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     assert len(losses) == 4  # epochs 2 and 3
     for name, value in straight.model.decoder.state_dict().items():
         torch.testing.assert_close(resumed.model.decoder.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+def test_resume_equality_holds_with_the_head_and_the_instruction_mix(
+    weights: dict[str, Any],
+    datamodule: MVTecAD,
+    tmp_path: Path,
+) -> None:
+    """Instruction samples are chosen by (seed, epoch, step) and the 1-shot prompts by the same key."""
+    images = sorted((Path(datamodule.root) / CATEGORY / "train" / "good").glob("*.png"))
+    turns = [
+        [{"from": "human", "value": f"Describe image {i}."}, {"from": "gpt", "value": f"Image {i}."}] for i in range(3)
+    ]
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{"image": str(images[i]), "conversations": turns[i]} for i in range(3)]))
+    options = {
+        "llm": str(FIXTURES / "vicuna"),
+        "pandagpt_checkpoint": str(PANDAGPT_DELTA),
+        "trainable": ["decoder", "prompt_learner"],
+        "instruction_data": instructions,
+    }
+    straight, straight_losses, _ = fit(weights, datamodule, tmp_path / "straight", epochs=2, **options)
+    fit(weights, datamodule, tmp_path / "first", epochs=2, stop_after=1, **options)
+    checkpoint = next((tmp_path / "first").rglob("model.ckpt"))
+    resumed, losses, _ = fit(weights, datamodule, tmp_path / "resumed", epochs=2, ckpt_path=checkpoint, **options)
+    assert losses == pytest.approx(straight_losses[2:], rel=1e-5)  # epoch 1's two steps
+    for part in ("decoder", "llm_head.prompt_learner"):
+        trained = straight.model.get_submodule(part).state_dict()
+        for name, value in resumed.model.get_submodule(part).state_dict().items():
+            torch.testing.assert_close(value, trained[name], rtol=0, atol=1e-6)
 
 
 def test_bf16_mixed_training_runs_the_steps_under_autocast_and_learns(
