@@ -189,15 +189,20 @@ class LLMHead(nn.Module):
         table = self.llm.get_input_embeddings()
         return table(torch.tensor(list(ids), device=table.weight.device))
 
+    def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
+        """Each question with its answer cue, tokenised (each distinct question once: a batch asks one)."""
+        ids = {text: self.encode(self.conversation.question_text(text)) for text in dict.fromkeys(questions)}
+        return [ids[question] for question in questions]
+
     def _prefix_rows(
         self,
         image_embedding: torch.Tensor,
         anomaly_map: torch.Tensor,
-        questions: Sequence[str],
+        question_ids: Sequence[Sequence[int]],
     ) -> list[torch.Tensor]:
         """Per image: ``before [image] middle [prompts] question + cue`` as embeddings."""
-        if len(questions) != image_embedding.shape[0]:
-            msg = f"got {len(questions)} questions for {image_embedding.shape[0]} images."
+        if len(question_ids) != image_embedding.shape[0]:
+            msg = f"got {len(question_ids)} questions for {image_embedding.shape[0]} images."
             raise OptionError(msg)
         dtype = self.llm.get_input_embeddings().weight.dtype
         image_tokens = self.llama_proj(image_embedding.to(dtype)).unsqueeze(1)
@@ -210,10 +215,10 @@ class LLMHead(nn.Module):
                     image_tokens[i],
                     middle,
                     prompts[i],
-                    self._embed(self.encode(self.conversation.question_text(q))),
+                    self._embed(ids),
                 ]
             )
-            for i, q in enumerate(questions)
+            for i, ids in enumerate(question_ids)
         ]
 
     def build_inputs(
@@ -226,7 +231,7 @@ class LLMHead(nn.Module):
 
         Returns ``(inputs_embeds (B, L, H), attention_mask (B, L))``.
         """
-        return self._pad(self._prefix_rows(image_embedding, anomaly_map, questions), left=True)
+        return self._pad(self._prefix_rows(image_embedding, anomaly_map, self._question_ids(questions)), left=True)
 
     def training_inputs(
         self,
@@ -241,12 +246,11 @@ class LLMHead(nn.Module):
         training length (the row's text, question and answer, at most 1024 tokens).
         """
         rows, labels = [], []
-        for prefix, question, answer in zip(
-            self._prefix_rows(image_embedding, anomaly_map, questions), questions, answers, strict=True
-        ):
+        question_ids = self._question_ids(questions)
+        prefixes = self._prefix_rows(image_embedding, anomaly_map, question_ids)
+        for prefix, ids, answer in zip(prefixes, question_ids, answers, strict=True):
             target = self.encode(answer + self.conversation.answer_suffix)
-            question_tokens = len(self.encode(self.conversation.question_text(question)))
-            room = min(self.context_length - prefix.shape[0], MAX_TRAINING_TEXT_TOKENS - question_tokens)
+            room = min(self.context_length - prefix.shape[0], MAX_TRAINING_TEXT_TOKENS - len(ids))
             target = target[: max(room, 1)]
             rows.append(torch.cat([prefix, self._embed(target)]))
             labels.append([-100] * prefix.shape[0] + target)
