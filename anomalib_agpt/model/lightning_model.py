@@ -458,12 +458,11 @@ class AnomalyGPT(AnomalibModule):
         self._prompt_learner_from_scratch = (
             not anomalygpt_checkpoint and preset is None and "prompt_learner" in self.trainable
         )
-        self._training_reference: torch.Tensor | None = None
+        self._training_references: dict[str | None, torch.Tensor] = {}
+        """Memory of the prompt learner's 1-shot training reference (4 rotations) per category (``None``: the
+        train set's, one class), encoded once per fit."""
         self._previous_train_image: torch.Tensor | None = None
         """The last normal image of the previous step: the next step's first patch source (per epoch)."""
-        """Memory of the prompt learner's 1-shot training reference (4 rotations), encoded once per fit."""
-        self._training_references: dict[str, torch.Tensor] = {}
-        """The same per category, for a multi-class train set."""
         self.protocol = protocol
         self.questions = load_questions(questions)
         self.reference_round = reference_round
@@ -518,8 +517,7 @@ class AnomalyGPT(AnomalibModule):
         # Before configure_optimizers: the head's trainable parts must exist when the optimiser is built.
         self.prepare(load_llm=any(part != "decoder" for part in self.trainable))
         set_trainable(self.model, self.trainable)
-        self._training_reference = None
-        self._training_references: dict[str, torch.Tensor] = {}
+        self._training_references = {}
         datamodule = self._datamodule()
         self._squash_training_images(datamodule)
         if datamodule is not None and hasattr(datamodule, "train_dataloader"):
@@ -620,14 +618,10 @@ class AnomalyGPT(AnomalibModule):
         the class's ``train/good`` and pre-processes it as at test time); without a train set, the first
         image of the first batch.
         """
-        if category is not None:
-            references = self._training_references
-            if category not in references:
-                references[category] = self._encode_training_reference(batch, category)
-            return references[category]
-        if self._training_reference is None:
-            self._training_reference = self._encode_training_reference(batch, None)
-        return self._training_reference
+        references = self._training_references
+        if category not in references:
+            references[category] = self._encode_training_reference(batch, category)
+        return references[category]
 
     def _encode_training_reference(self, batch: Batch, category: str | None) -> torch.Tensor:
         """One category's (or the train set's) first normal image, in 4 rotations, encoded."""
