@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from anomalib_agpt.apps import cli
-from anomalib_agpt.apps.workspace import WorkspaceState, restore
+from anomalib_agpt.apps.workspace import WorkspaceState, restore, restored_on_failure
 from anomalib_agpt.data import make_synthetic_mvtec
+from anomalib_agpt.errors import OptionError
 
 from .conftest import FIXTURES
 from .test_cli import ENV, script
@@ -163,6 +164,66 @@ def test_restore_removes_only_what_the_run_made(tmp_path: Path) -> None:
     assert sorted(p.relative_to(root).as_posix() for p in removed) == ["M/D/c/v1", "M/E", "M/E/d", "M/E/d/v0"]
     assert os.readlink(root / "M" / "D" / "c" / "latest") == str(root / "M" / "D" / "c" / "v0")
     assert (root / "keep.txt").is_file()
+
+
+def versioned_root(tmp_path: Path) -> tuple[Path, Path, WorkspaceState]:
+    """A results folder with v0 and ``latest`` -> v0, its recorded state, then a new v1 that ``latest`` points at."""
+    category = tmp_path / "results" / "M" / "D" / "c"
+    (category / "v0").mkdir(parents=True)
+    (category / "latest").symlink_to(category / "v0")
+    before = WorkspaceState.read(tmp_path / "results")
+    (category / "v1" / "weights" / "lightning").mkdir(parents=True)
+    (category / "latest").unlink()
+    (category / "latest").symlink_to(category / "v1")
+    return tmp_path / "results", category, before
+
+
+def test_restore_never_removes_a_version_that_holds_a_checkpoint(tmp_path: Path) -> None:
+    root, category, before = versioned_root(tmp_path)
+    (category / "v1" / "weights" / "lightning" / "model.ckpt").write_bytes(b"trained")
+    assert restore(root, before) == []
+    assert (category / "v1" / "weights" / "lightning" / "model.ckpt").read_bytes() == b"trained"
+    assert os.readlink(category / "latest") == str(category / "v1")
+
+
+@pytest.mark.parametrize(
+    ("error", "rolled_back"),
+    [
+        (OptionError("k_shot=10 but the train set holds 3 images."), True),
+        (RuntimeError("CUDA out of memory at epoch 50"), False),
+        (SystemExit(1), False),  # what Lightning turns Ctrl-C during fit into
+        (KeyboardInterrupt(), False),
+    ],
+)
+def test_only_a_run_refused_for_a_user_s_mistake_is_rolled_back(
+    tmp_path: Path, error: BaseException, rolled_back: bool
+) -> None:
+    root = tmp_path / "results"
+    category = root / "M" / "D" / "c"
+    (category / "v0").mkdir(parents=True)
+    (category / "latest").symlink_to(category / "v0")
+
+    def failing_run() -> None:
+        with restored_on_failure(root):
+            (category / "v1").mkdir()
+            (category / "latest").unlink()
+            (category / "latest").symlink_to(category / "v1")
+            raise error
+
+    with pytest.raises(type(error)):
+        failing_run()
+    assert (category / "v1").exists() is not rolled_back
+    assert os.readlink(category / "latest") == str(category / ("v0" if rolled_back else "v1"))
+
+
+def test_anomalib_s_own_subcommands_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``install`` (and the pipelines) are not Engine methods: they go to anomalib's own dispatch."""
+    import anomalib.cli.install
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(anomalib.cli.install, "anomalib_install", lambda **kwargs: calls.append(kwargs))
+    cli.run_anomalib(["install", "--option", "core"])
+    assert calls == [{"option": "core", "verbose": False}]
 
 
 def test_whole_output_of_a_mistake_is_short_from_a_fresh_process(

@@ -104,7 +104,7 @@ def quiet_upstream_output() -> None:
 
 
 def run_anomalib(args: list[str]) -> None:
-    """Anomalib's CLI with this package imported; a failed run's new version folders are removed again."""
+    """Anomalib's CLI with this package imported; a run refused for a user's mistake leaves no new version."""
     from anomalib.cli.cli import configure_logger
 
     import anomalib_agpt  # noqa: F401  (registers AnomalyGPT for short names)
@@ -149,6 +149,9 @@ def _cli_class() -> type:
                 self.datamodule = DataLoader(dataset, collate_fn=dataset.collate_fn)
 
         def _run_subcommand(self) -> None:
+            if self.subcommand not in ENGINE_COMMANDS:  # install, the pipelines (benchmark): anomalib's own
+                super()._run_subcommand()
+                return
             fn = getattr(self.engine, self.subcommand)
             self.result = fn(**self._prepare_subcommand_kwargs(self.subcommand))
 

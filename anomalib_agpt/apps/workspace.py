@@ -1,9 +1,11 @@
-"""Undo what a failed run created in anomalib's results folder: new version folders and moved ``latest`` links.
+"""Undo what a run refused for a user's mistake created in anomalib's results folder.
 
 anomalib's Engine creates ``<root>/<model>/<dataset>/<category>/v<N>`` and points ``latest`` at it
 when a run starts, so a run that fails on the user's input would leave an empty version behind and
 ``.../latest/weights/lightning/model.ckpt`` would stop existing. The guard records the folder's
-versions and links before the run and puts them back if the run fails.
+versions and links before the run and puts them back when the run fails with one of the product's
+user errors. Anything else (an interrupted or crashed run) is left as it is, and a version that holds
+a checkpoint is never removed: what a run saved is the user's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from anomalib_agpt.errors import find_user_error
 
 VERSION = re.compile(r"v\d+")
 LATEST = "latest"
@@ -49,13 +53,17 @@ class WorkspaceState:
 
 
 def restore(root: Path, before: WorkspaceState) -> list[Path]:
-    """Remove the versions and folders made since ``before``, put the ``latest`` links back; the removed paths."""
+    """Remove the versions and folders made since ``before``, put the ``latest`` links back; the removed paths.
+
+    A new version that holds a checkpoint stays, and so does every link to it.
+    """
     after = WorkspaceState.read(root)
-    removed = sorted(after.versions - before.versions)
+    kept = {version for version in after.versions - before.versions if any(version.rglob("*.ckpt"))}
+    removed = sorted(after.versions - before.versions - kept)
     for version in removed:
         shutil.rmtree(version, ignore_errors=True)
     for link in set(after.links) | set(before.links):
-        if before.links.get(link) == after.links.get(link):
+        if before.links.get(link) == after.links.get(link) or link.parent / after.links.get(link, "") in kept:
             continue
         link.unlink(missing_ok=True)
         if link in before.links:
@@ -70,10 +78,11 @@ def restore(root: Path, before: WorkspaceState) -> list[Path]:
 
 @contextmanager
 def restored_on_failure(root: Path) -> Iterator[None]:
-    """Run the block; if it raises, leave ``root`` as it was before (versions, links, empty folders)."""
+    """Run the block; if it fails on a user's mistake, leave ``root`` as it was before (see :func:`restore`)."""
     before = WorkspaceState.read(root)
     try:
         yield
-    except BaseException:
-        restore(root, before)
+    except Exception as error:
+        if find_user_error(error) is not None:
+            restore(root, before)
         raise
