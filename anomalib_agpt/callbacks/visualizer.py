@@ -101,19 +101,15 @@ def score_threshold(module: object) -> float | None:
     """The threshold ``module``'s post-processed image scores are compared with, or None when none was fitted.
 
     anomalib's ``PostProcessor`` starts with NaN thresholds and fits them on validation; until then it still
-    labels scores (raw score > 0.5), which is no verdict. With normalisation the fitted threshold maps to
-    ``normalized_image_threshold`` (0.5 by default), else it is the raw threshold.
+    labels scores (raw score > 0.5), which is no verdict. Once fitted, its ``pred_label`` compares the
+    post-processed score with ``normalized_image_threshold`` (0.5 by default), with or without
+    normalisation, and so does the verdict here: it never contradicts anomalib's label.
     """
     post = getattr(module, "post_processor", None)
     threshold = getattr(post, "image_threshold", None)
-    if threshold is None or not getattr(post, "enable_thresholding", True):
+    if threshold is None or not getattr(post, "enable_thresholding", True) or not math.isfinite(float(threshold)):
         return None
-    raw = float(threshold)
-    if not math.isfinite(raw):
-        return None
-    if getattr(post, "enable_normalization", False):
-        return float(post.normalized_image_threshold)
-    return raw
+    return float(post.normalized_image_threshold)
 
 
 def drawable(text: str) -> str:

@@ -20,6 +20,7 @@ from anomalib_agpt.callbacks.visualizer import (
     Band,
     drawable,
     score_threshold,
+    score_verdict,
     verdicts,
     wrap_text,
 )
@@ -243,7 +244,21 @@ def test_score_threshold_is_the_post_processors_fitted_one() -> None:
     assert score_threshold(SimpleNamespace()) is None
     assert score_threshold(fake_module(None)) is None  # a fresh PostProcessor labels scores, but fitted nothing
     assert score_threshold(fake_module(3.2)) == pytest.approx(0.5)  # normalised scores: 0.5 is the fitted threshold
-    assert score_threshold(fake_module(3.2, normalization=False)) == pytest.approx(3.2)
+
+
+@pytest.mark.parametrize("normalization", [True, False])
+def test_the_score_verdict_agrees_with_anomalib_s_own_label(normalization: bool) -> None:
+    from anomalib.data import ImageBatch
+
+    module = fake_module(3.2, normalization=normalization)
+    scores = torch.tensor([0.2, 0.6, 3.0, 3.5])
+    batch = ImageBatch(image=torch.zeros(4, 3, 8, 8), pred_score=scores.clone(), anomaly_map=torch.zeros(4, 1, 8, 8))
+    module.post_processor.post_process_batch(batch)
+    threshold = score_threshold(module)
+    ours = [score_verdict(float(score), threshold).anomalous for score in batch.pred_score]
+    assert ours == batch.pred_label.tolist()
+    assert any(ours)
+    assert not all(ours)
 
 
 @pytest.mark.parametrize("hook", ["on_test_batch_end", "on_predict_batch_end"])
