@@ -151,10 +151,19 @@ class InstructionMix:
             raise OptionError(msg)
         self.samples = list(samples)
         self.seed = seed
+        self._order: tuple[int, np.ndarray] | None = None
+        """The last epoch's order (drawn once per epoch, not per step)."""
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's order of the whole set, from ``(seed, epoch)``."""
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch, INSTRUCTION_STREAM])
+            self._order = (epoch, rng.permutation(len(self.samples)))
+        return self._order[1]
 
     def indices(self, epoch: int, step: int, count: int, replicas: int = 1, rank: int = 0) -> list[int]:
         """Indices of the samples step ``step`` of process ``rank`` (of ``replicas``) takes in ``epoch``."""
-        order = np.random.default_rng([self.seed, epoch, INSTRUCTION_STREAM]).permutation(len(self.samples))
+        order = self.order(epoch)
         start = (step * replicas + rank) * count
         return [int(order[(start + offset) % len(order)]) for offset in range(count)]
 
@@ -166,11 +175,16 @@ class InstructionMix:
         transform: Callable[[torch.Tensor], torch.Tensor],
         replicas: int = 1,
         rank: int = 0,
+        device: torch.device | str = "cpu",
     ) -> InstructionBatch:
-        """The step's samples: images read (errors name the file) and passed through ``transform`` (to one size)."""
+        """The step's samples: read (errors name the file), moved to ``device``, then ``transform`` (to one size).
+
+        The resize runs where the model runs: on a GPU it costs next to nothing beside the step.
+        """
         chosen = [self.samples[index] for index in self.indices(epoch, step, count, replicas, rank)]
+        images = [read_rgb_image(sample.image_path).unsqueeze(0).to(device) for sample in chosen]
         return InstructionBatch(
-            images=torch.cat([transform(read_rgb_image(sample.image_path).unsqueeze(0)) for sample in chosen]),
+            images=torch.cat([transform(image) for image in images]),
             questions=[sample.question for sample in chosen],
             answers=[sample.answer for sample in chosen],
         )

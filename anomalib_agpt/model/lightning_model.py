@@ -586,9 +586,15 @@ class AnomalyGPT(AnomalibModule):
             transform = Compose([*steps, Resize((side, side))])
         trainer = self.trainer
         mixed = mix.batch(
-            self.current_epoch, batch_idx, batch.image.shape[0], transform, trainer.world_size, trainer.global_rank
+            self.current_epoch,
+            batch_idx,
+            batch.image.shape[0],
+            transform,
+            trainer.world_size,
+            trainer.global_rank,
+            device=batch.image.device,
         )
-        images = mixed.images.to(device=batch.image.device, dtype=batch.image.dtype)
+        images = mixed.images.to(dtype=batch.image.dtype)
         return instruction_loss(self.model, images, mixed.questions, mixed.answers)
 
     def _squash_training_images(self, datamodule: Any) -> None:  # noqa: ANN401
