@@ -16,7 +16,9 @@ import sys
 from collections.abc import Iterator
 from types import TracebackType
 
-_last: AnomalyGPTError | None = None
+_last: tuple[type[AnomalyGPTError], tuple[object, ...]] | None = None
+"""Class and arguments of the last product error created: not the error itself, whose traceback would keep
+its frames' locals (tensors, mapped weights) alive."""
 _hook_installed = False
 
 
@@ -72,11 +74,14 @@ def user_error(error: BaseException) -> AnomalyGPTError | None:
 
 
 def last_raised_in(error: BaseException) -> AnomalyGPTError | None:
-    """The last product error created, if ``error``'s chain carries its message (it was wrapped as text)."""
+    """A copy of the last product error created, if ``error``'s chain carries its message (it was wrapped as text)."""
     if _last is None:
         return None
-    message = str(_last)
-    return _last if any(message in str(e) for e in error_chain(error)) else None
+    kind, args = _last
+    last = kind.__new__(kind, *args)  # not __init__: a copy is not a new error to remember
+    last.args = args
+    message = str(last)
+    return last if any(message in str(e) for e in error_chain(error)) else None
 
 
 def find_user_error(error: BaseException) -> AnomalyGPTError | None:
@@ -86,7 +91,7 @@ def find_user_error(error: BaseException) -> AnomalyGPTError | None:
 
 def _remember(error: AnomalyGPTError) -> None:
     global _last, _hook_installed  # one record per process, as sys.excepthook itself
-    _last = error
+    _last = (type(error), error.args)
     if not _hook_installed:
         _hook_installed = True
         previous = sys.excepthook

@@ -264,3 +264,31 @@ def test_ctrl_c_ends_with_one_line_and_status_130(
     monkeypatch.setattr(cli, "dispatch", interrupted)
     status, printed = run_main(["leaderboard"], capsys)
     assert (status, printed) == (130, "interrupted\n")
+
+
+def test_the_remembered_error_keeps_no_frames_alive_and_is_still_found_in_a_wrapper_s_text() -> None:
+    import gc
+    import weakref
+
+    from anomalib_agpt.errors import find_user_error
+
+    class Weights:
+        """Stands for a large tensor held by the frame that raised."""
+
+    def refuse() -> weakref.ref:
+        weights = Weights()
+        held = weakref.ref(weights)
+        try:
+            raise OptionError("k_shot=10 but the train set holds 3 images.")
+        except OptionError:
+            pass
+        return held
+
+    held = refuse()
+    gc.collect()
+    assert held() is None
+    wrapper = ValueError('Does not validate against any of the Union subtypes: "k_shot=10 but the train set holds 3')
+    assert find_user_error(wrapper) is None  # a different (cut) text is not claimed
+    found = find_user_error(ValueError("Problem: k_shot=10 but the train set holds 3 images. (more)"))
+    assert isinstance(found, OptionError)
+    assert str(found) == "k_shot=10 but the train set holds 3 images."
