@@ -15,6 +15,7 @@ an explanation give ImageVisualizer's image unchanged, and the PNGs are saved un
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ def drawable(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=8)
 def load_font(size: int) -> Font:
     """Pillow's built-in font at ``size`` pixels, or the fixed-size bitmap font where FreeType is missing."""
     try:

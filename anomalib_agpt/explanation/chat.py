@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from anomalib.data import InferenceBatch
 
+from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import multi_turn_prompt
 from anomalib_agpt.model.lightning_model import AnomalyGPT
-from anomalib_agpt.model.references import read_image_checked
 
 
 class AnomalyGPTChat:
@@ -30,7 +30,7 @@ class AnomalyGPTChat:
         """Encode ``image`` once; ``load_llm=False`` keeps a scores-only model usable (no :meth:`ask`)."""
         self.model = model.eval()
         model.prepare(load_llm=load_llm)
-        raw = read_image_checked(image) if isinstance(image, str | Path) else image
+        raw = read_rgb_image(image) if isinstance(image, str | Path) else image
         pixels = raw.unsqueeze(0) if raw.ndim == 3 else raw
         if model.pre_processor is not None:
             pixels = model.pre_processor.transform(pixels)

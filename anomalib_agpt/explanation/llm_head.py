@@ -189,10 +189,14 @@ class LLMHead(nn.Module):
         table = self.llm.get_input_embeddings()
         return table(torch.tensor(list(ids), device=table.weight.device))
 
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text tokenised, each distinct text once (a batch asks one question; half its answers are "No")."""
+        ids = {text: self.encode(text) for text in dict.fromkeys(texts)}
+        return [ids[text] for text in texts]
+
     def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
-        """Each question with its answer cue, tokenised (each distinct question once: a batch asks one)."""
-        ids = {text: self.encode(self.conversation.question_text(text)) for text in dict.fromkeys(questions)}
-        return [ids[question] for question in questions]
+        """Each question with its answer cue, tokenised."""
+        return self._token_ids([self.conversation.question_text(question) for question in questions])
 
     def _prefix_rows(
         self,
@@ -248,8 +252,8 @@ class LLMHead(nn.Module):
         rows, labels = [], []
         question_ids = self._question_ids(questions)
         prefixes = self._prefix_rows(image_embedding, anomaly_map, question_ids)
-        for prefix, ids, answer in zip(prefixes, question_ids, answers, strict=True):
-            target = self.encode(answer + self.conversation.answer_suffix)
+        targets = self._token_ids([answer + self.conversation.answer_suffix for answer in answers])
+        for prefix, ids, target in zip(prefixes, question_ids, targets, strict=True):
             room = min(self.context_length - prefix.shape[0], MAX_TRAINING_TEXT_TOKENS - len(ids))
             target = target[: max(room, 1)]
             rows.append(torch.cat([prefix, self._embed(target)]))

@@ -7,6 +7,7 @@ Every option ``paper`` sets defaults to ``None`` in :class:`~anomalib_agpt.Anoma
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,12 +34,7 @@ class Decoding:
 
     def as_generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``generate``."""
-        return {
-            "do_sample": self.do_sample,
-            "top_p": self.top_p,
-            "temperature": self.temperature,
-            "max_new_tokens": self.max_new_tokens,
-        }
+        return dataclasses.asdict(self)
 
 
 ANOMALIB_DECODING = Decoding(do_sample=False, top_p=0.1, temperature=1.0, max_new_tokens=128)
@@ -80,7 +76,7 @@ def decoding(
     """
     base = ANOMALIB_DECODING
     if protocol == "paper":
-        base = Decoding(True, PAPER_TOP_P.get(family or "mvtec", PAPER_TOP_P["mvtec"]), 1.0, 512)
+        base = Decoding(True, PAPER_TOP_P[family or "mvtec"], 1.0, 512)
     return Decoding(
         base.do_sample if do_sample is None else do_sample,
         base.top_p if top_p is None else top_p,

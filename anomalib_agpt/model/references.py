@@ -65,11 +65,6 @@ def round_reference_images(root: str | Path, category: str, family: str, k_shot:
     raise OptionError(msg)
 
 
-def read_image_checked(path: str | Path) -> torch.Tensor:
-    """Read an image as a ``(3, H, W)`` float tensor in [0, 1], naming the file on failure (:func:`read_rgb_image`)."""
-    return read_rgb_image(path)
-
-
 def load_reference_images(
     paths: Sequence[str | Path],
     transform: Callable[[torch.Tensor], torch.Tensor] | None,

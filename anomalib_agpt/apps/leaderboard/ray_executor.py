@@ -213,12 +213,11 @@ def run_cells(
     data_root: Path | None,
     todo: Sequence[CellKey],
     record: Record,
-    cell: str | None = None,
 ) -> None:
     """Run ``todo`` as Ray tasks on the connected Ray; ``record`` each row as it arrives (needs :func:`ray_session`).
 
-    ``cell`` is the function the tasks run (default :data:`CELL`). Ctrl-C cancels the unfinished cells and
-    re-raises; the rows recorded until then stay.
+    The tasks run :data:`CELL`. Ctrl-C cancels the unfinished cells and re-raises; the rows recorded until
+    then stay.
     """
     import ray
 
@@ -234,7 +233,7 @@ def run_cells(
     submitted = time.perf_counter()
     pending = {
         task.options(name=f"{name}/{category}/seed{seed}", **options).remote(
-            cell or CELL, cwd, cpus, name, config, data_root, category, int(seed)
+            CELL, cwd, cpus, name, config, data_root, category, int(seed)
         ): (name, category, seed)
         for name, category, seed in todo
     }

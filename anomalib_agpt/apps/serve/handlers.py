@@ -41,13 +41,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.callbacks.visualizer import Verdict, score_threshold, score_verdict, verdicts
+from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import AnomalyGPTError, OptionError
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
-from anomalib_agpt.explanation.conversation import default_question
+from anomalib_agpt.explanation.questions import default_question
 from anomalib_agpt.model.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
 from anomalib_agpt.model.pre_processing import visible_region
 from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
-from anomalib_agpt.model.references import load_reference_images, read_image_checked
+from anomalib_agpt.model.references import load_reference_images
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def check_image_file(
 def read_upload(path: Path) -> torch.Tensor:
     """Decode a checked upload as a ``(3, H, W)`` tensor in [0, 1]; a corrupt file is bad input."""
     try:
-        return read_image_checked(path)
+        return read_rgb_image(path)
     except ValueError as error:
         raise BadInputError(str(error)) from error
 
