@@ -13,21 +13,21 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import pickle
 import re
-import struct
 import sys
-import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from anomalib_agpt.errors import AnomalyGPTError, CheckpointError, MissingFileError
+from anomalib_agpt.explanation.conversation import STOP_PIECE
+from anomalib_agpt.explanation.llm_loading import SAFETENSORS_DTYPES, read_safetensors_header
 from anomalib_agpt.model import checkpoints as ckpt
+from anomalib_agpt.model.checkpoints import NUM_TAPS, first_line
 
 IMAGEBIND = "ImageBind weights"
 ANOMALYGPT = "AnomalyGPT delta"
@@ -35,11 +35,8 @@ PANDAGPT = "PandaGPT delta"
 LLM = "LLM"
 LIGHTNING = "Lightning checkpoint"
 
-NUM_TAPS = 4
-"""Decoder layers the model needs (one per selected ImageBind block)."""
 HUGE = {"vision_width": 1280, "vision_layers": 32, "text_width": 1024, "text_layers": 24}
 """ImageBind-Huge sizes (16 heads in both towers, the model's defaults)."""
-STOP_PIECE = "##"
 PROTOCOLS = {
     "train_mvtec": "trained on MVTec AD: use it for VisA evaluation",
     "train_visa": "trained on VisA: use it for MVTec AD evaluation",
@@ -47,9 +44,7 @@ PROTOCOLS = {
 }
 _RELEASED_PANDAGPT = "pandagpt_7b_max_len_1024"
 _VOCAB_HINT = "Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up"
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 _GENERIC_NAMES = {"pytorch_model.pt", "pytorch_model.bin", "model.ckpt", "last.ckpt"}
-_PATH_GLOBALS = [PosixPath, WindowsPath, PurePosixPath, PureWindowsPath]
 _LORA_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 DESCRIPTION = """Say what each weight file or folder is and whether the set is complete and fits together.
@@ -113,57 +108,23 @@ def _unreadable(reason: str) -> CheckpointError:
     return CheckpointError(f"not a weight file this product reads: {reason}")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
 # --------------------------------------------------------------------------------------------
 # Reading without loading
 # --------------------------------------------------------------------------------------------
 def _torch_load(path: Path) -> object:
-    """Memory-mapped ``weights_only`` load; legacy files whole; pathlib objects in Lightning hparams allowed."""
-    with path.open("rb") as file:
-        legacy = file.read(1) == b"\x80"  # a pickle, as torch.save wrote before the zip format
-    if not legacy and not zipfile.is_zipfile(path):
-        raise _unreadable("not a PyTorch file (neither a torch.save zip archive nor a legacy pickle)")
+    """:func:`~anomalib_agpt.model.checkpoints.read_torch_file`, pathlib objects in Lightning hparams allowed."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise _unreadable(f"cannot be read as a PyTorch file ({_first_line(error)})") from error
-    except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):
-            raise _unreadable(f"cannot be read as a PyTorch file ({_first_line(error)})") from error
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        allowed = {f"{c.__module__}.{c.__qualname__}" for c in _PATH_GLOBALS}
-        if set(unsafe) - allowed:
-            reason = f"it holds Python objects that are not read without running their code ({', '.join(unsafe)})"
-            raise _unreadable(reason) from error
-        with torch.serialization.safe_globals(_PATH_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise _unreadable(f"cannot be read as a PyTorch file ({_first_line(error)})") from error
-    try:  # legacy (pre-zip) files cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise _unreadable(f"cannot be read as a PyTorch file ({_first_line(error)})") from error
+        return ckpt.read_torch_file(path, ckpt.PATH_GLOBALS)
+    except CheckpointError as error:
+        raise _unreadable(str(error)) from error
 
 
 def _safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
     """``{name: {"dtype", "shape", "data_offsets"}}`` from the header only."""
-    with path.open("rb") as file:
-        head = file.read(8)
-        if len(head) != 8:
-            raise _unreadable(f"'{path.name}' is too short for a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > path.stat().st_size:
-            raise _unreadable(f"'{path.name}' has no valid safetensors header")
-        try:
-            header = json.loads(file.read(length))
-        except ValueError as error:
-            raise _unreadable(f"'{path.name}' has no valid safetensors header") from error
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+    try:
+        return read_safetensors_header(path)[1]
+    except CheckpointError as error:
+        raise _unreadable(str(error)) from error
 
 
 def _shape(values: Sequence[int]) -> str:
@@ -331,7 +292,8 @@ def _safetensors_embedding(files: Sequence[Path]) -> tuple[list[int], str] | Non
         key = _embedding_key(list(header))
         if key is not None:
             dtype = str(header[key]["dtype"])
-            return list(header[key]["shape"]), _SAFETENSORS_DTYPES.get(dtype, dtype.lower())
+            known = SAFETENSORS_DTYPES.get(dtype)
+            return list(header[key]["shape"]), str(known).removeprefix("torch.") if known else dtype.lower()
     return None
 
 
@@ -415,7 +377,7 @@ def _describe_gguf(path: Path, report: WeightReport) -> None:
         hidden = int(fields[f"{architecture}.embedding_length"].contents())
         layers = int(fields[f"{architecture}.block_count"].contents())
     except Exception as error:
-        raise _unreadable(f"cannot read it as a GGUF LLM ({_first_line(error)})") from error
+        raise _unreadable(f"cannot read it as a GGUF LLM ({first_line(error)})") from error
     tokens = fields.get("tokenizer.ggml.tokens")
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     chat = "tokenizer.chat_template" in fields
@@ -494,7 +456,7 @@ def describe(given: str | Path) -> WeightReport:
     except AnomalyGPTError as error:
         report.kind, report.error = None, f"{given}: {error}"
     except OSError as error:
-        report.kind, report.error = None, f"{given}: cannot be read ({_first_line(error)})"
+        report.kind, report.error = None, f"{given}: cannot be read ({first_line(error)})"
     except (
         AttributeError,
         KeyError,
@@ -502,7 +464,7 @@ def describe(given: str | Path) -> WeightReport:
         TypeError,
         ValueError,
     ) as error:  # a known key with an unexpected layout
-        report.kind, report.error = None, f"{given}: {_unreadable(f'unexpected contents ({_first_line(error)})')}"
+        report.kind, report.error = None, f"{given}: {_unreadable(f'unexpected contents ({first_line(error)})')}"
     return report
 
 

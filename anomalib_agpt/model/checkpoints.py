@@ -9,10 +9,12 @@ expected, and a file given in the wrong slot says which file it looks like.
 from __future__ import annotations
 
 import os
+import pickle
 import re
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 
 import torch
 from torch import nn
@@ -21,6 +23,9 @@ from anomalib_agpt.errors import CheckpointError, MissingFileError
 
 WEIGHTS_HOME_ENV = "ANOMALIB_AGPT_HOME"
 """Environment variable naming a folder where relative weight paths are looked up."""
+
+NUM_TAPS = 4
+"""ImageBind blocks AnomalyGPT taps, and so decoder layers (``image_decoder.fc.0..3``)."""
 
 _MAX_LISTED_KEYS = 12
 
@@ -63,13 +68,8 @@ def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tenso
         msg = f"{option}: '{path}' is a folder; expected a weight file (.pth / .pt)."
         raise CheckpointError(msg)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as mmap_error:
-        if "mmap" not in str(mmap_error):
-            msg = f"{option}: cannot read '{path}' as a PyTorch weight file: {mmap_error}"
-            raise CheckpointError(msg) from mmap_error
-        obj = _load_legacy(path, option)  # legacy (pre-zip) files cannot be memory-mapped
-    except Exception as error:
+        obj = read_torch_file(path)
+    except CheckpointError as error:
         msg = f"{option}: cannot read '{path}' as a PyTorch weight file: {error}"
         raise CheckpointError(msg) from error
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -79,12 +79,42 @@ def load_state_dict_file(path: str | Path, option: str) -> dict[str, torch.Tenso
     return {k: v.detach() if isinstance(v, nn.Parameter) else v for k, v in obj.items()}
 
 
-def _load_legacy(path: Path, option: str) -> object:
+PATH_GLOBALS = (PosixPath, WindowsPath, PurePosixPath, PureWindowsPath)
+"""The path classes Lightning writes into a checkpoint's hyper-parameters (read when asked for)."""
+
+
+def read_torch_file(path: Path, allowed_globals: Sequence[type] = ()) -> object:
+    """What ``torch.save`` wrote, read with ``weights_only`` and memory-mapped (a legacy pickle whole).
+
+    ``allowed_globals``: classes the file may hold besides tensors and containers (e.g. :data:`PATH_GLOBALS`).
+
+    Raises:
+        CheckpointError: the file is not a PyTorch file, or holds other Python objects; the message is the reason.
+
+    """
+    with path.open("rb") as file:
+        legacy = file.read(1) == b"\x80"  # a pickle, as torch.save wrote before its zip format
+    if not legacy and not zipfile.is_zipfile(path):
+        msg = "not a PyTorch file (neither a torch.save zip archive nor a legacy pickle)"
+        raise CheckpointError(msg)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+    except pickle.UnpicklingError as error:
+        allowed = {f"{kind.__module__}.{kind.__qualname__}" for kind in allowed_globals}
+        unsafe = [] if legacy else sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+        if unsafe:
+            msg = f"it holds Python objects that are not read without running their code ({', '.join(unsafe)})"
+            raise CheckpointError(msg) from error
+        raise CheckpointError(first_line(error)) from error
     except Exception as error:
-        msg = f"{option}: cannot read '{path}' as a PyTorch weight file: {error}"
-        raise CheckpointError(msg) from error
+        raise CheckpointError(first_line(error)) from error
+
+
+def first_line(error: BaseException) -> str:
+    """``Kind: first line of the message``: an underlying error, short enough for one line of a report."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import OptionError
-from anomalib_agpt.model.checkpoints import CheckpointError, ImageBindSizes, load_strict
+from anomalib_agpt.model.checkpoints import NUM_TAPS, CheckpointError, ImageBindSizes, load_strict
 
 LAYER_NORM_EPS = 1e-6
-NUM_TAPS = 4
 
 
 def tap_indices(num_layers: int, num_taps: int = NUM_TAPS) -> tuple[int, ...]:
