@@ -246,8 +246,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         class_name = class_name or self.class_name or DEFAULT_CLASS_NAME
         if class_name == self.class_name:
             return
-        logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
-        self.text_features = self.class_text_features(class_name).to(self.text_features)
+        self.text_features = self.text_features_for(class_name).clone()  # the buffer is loaded in place
         self.class_name = class_name
 
     @torch.inference_mode(False)  # a normal tensor, as set_class_name's
@@ -260,10 +259,11 @@ class AnomalyGPTModel(DynamicBufferMixin):
         if class_name == self.class_name:
             return self.text_features
         cached = self._text_feature_cache.get(class_name)
-        if cached is None or cached.device != self.text_features.device:
+        if cached is None:
             logger.info("AnomalyGPT: computing text features for class name '%s'", class_name)
-            cached = self.class_text_features(class_name).to(self.text_features)
-            self._text_feature_cache[class_name] = cached
+            cached = self.class_text_features(class_name)
+        cached = cached.to(self.text_features)  # a no-op unless the model moved since
+        self._text_feature_cache[class_name] = cached
         return cached
 
     @torch.inference_mode(False)  # a normal tensor even when called from an inference-mode hook
