@@ -13,7 +13,7 @@ stock ``anomalib`` CLI), the message is printed once more after the traceback, a
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from types import TracebackType
 
 _last: tuple[type[AnomalyGPTError], tuple[object, ...]] | None = None
@@ -56,6 +56,13 @@ class CheckpointError(AnomalyGPTError, ValueError):
 
 class ImageReadError(AnomalyGPTError, ValueError):
     """An image file that cannot be decoded; the message names the file."""
+
+
+def check_choice(option: str, value: object, allowed: Collection[object]) -> None:
+    """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
+    if value not in allowed:
+        msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
+        raise OptionError(msg)
 
 
 def error_chain(error: BaseException) -> Iterator[BaseException]:

@@ -10,6 +10,7 @@ skips (and names) unreadable files instead of failing half-way through a folder.
 
 from __future__ import annotations
 
+import typing
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from PIL import Image
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
-from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError
+from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError, check_choice
+from anomalib_agpt.model.pre_processing import ResizeMode
 
 MIN_SIDE = 32  # a model view interpolated from fewer pixels than a MIN_SIDE x MIN_SIDE image is "tiny"
 MAX_CROP_ASPECT = 4.0  # in crop mode, a longer side beyond 4x the shorter one loses most of the image
@@ -41,7 +43,6 @@ ORIENTATION_TRANSPOSE = {
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
 # raw layouts of 16-bit colour files (PNG, TIFF) that PIL reduces to their high bytes; LA;16 opens as RGBA
 SIXTEEN_BIT_COLOUR = ("RGB;16", "RGBA;16", "RGBX;16", "LA;16")
-RESIZE_MODES = ("crop", "squash")
 
 
 class _UnreadableError(Exception):
@@ -190,9 +191,7 @@ def geometry_warning(path: str | Path, width: int, height: int, resize_mode: str
       input is mostly interpolation.
     * ``crop`` only: a side longer than 4x the other; the centre crop keeps only ``short / long`` of it.
     """
-    if resize_mode not in RESIZE_MODES:
-        msg = f"resize_mode='{resize_mode}': expected one of {', '.join(repr(mode) for mode in RESIZE_MODES)}."
-        raise OptionError(msg)
+    check_choice("resize_mode", resize_mode, typing.get_args(ResizeMode))
     crop = resize_mode == "crop"
     short, long = min(width, height), max(width, height)
     seen = short * short if crop else width * height
@@ -240,9 +239,7 @@ class PredictImages(PredictDataset):
         image_size: int | tuple[int, int] = (256, 256),
         resize_mode: str = "crop",
     ) -> None:
-        if resize_mode not in RESIZE_MODES:
-            msg = f"resize_mode='{resize_mode}': expected one of {', '.join(repr(mode) for mode in RESIZE_MODES)}."
-            raise OptionError(msg)
+        check_choice("resize_mode", resize_mode, typing.get_args(ResizeMode))  # before any file is read
         try:
             super().__init__(path=path, transform=transform, image_size=image_size)
         except FileNotFoundError as error:

@@ -15,14 +15,14 @@ import importlib.util
 import json
 import re
 import struct
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from anomalib_agpt.errors import OptionError, SetupError
+from anomalib_agpt.errors import OptionError, SetupError, check_choice
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import CheckpointError
 
@@ -156,13 +156,6 @@ def resolve_dtype(llm_dtype: LLMDtype, device: torch.device) -> torch.dtype:
         msg = f"llm_dtype='{llm_dtype}': expected one of auto, auto_fp16, fp32, fp16, bf16."
         raise OptionError(msg)
     return _DTYPES[llm_dtype]
-
-
-def check_choice(option: str, value: object, allowed: Collection[object]) -> None:
-    """Refuse a value outside ``allowed`` with a message naming the option and every allowed value."""
-    if value not in allowed:
-        msg = f"{option}={value!r}: expected one of {', '.join(repr(a) for a in allowed)}."
-        raise OptionError(msg)
 
 
 def check_llm_options(attn_implementation: str, llm_quantization: str | None, merge_lora: bool) -> None:

@@ -13,6 +13,7 @@ real sizes. torch's own uint8 bicubic kernel is off by one grey level on about h
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from anomalib_agpt.errors import OptionError
+from anomalib_agpt.errors import check_choice
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -268,9 +269,7 @@ def build_pre_processor(side: int, resize_mode: ResizeMode) -> ClipPreProcessor:
 
     Training batches are squashed to ``side x side`` in both modes, as the original trains.
     """
-    if resize_mode not in ("crop", "squash"):
-        msg = f"resize_mode='{resize_mode}': expected 'crop' or 'squash'."
-        raise OptionError(msg)
+    check_choice("resize_mode", resize_mode, typing.get_args(ResizeMode))
     resize = ClipResize(side, crop=resize_mode == "crop")
     return ClipPreProcessor(
         transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]),

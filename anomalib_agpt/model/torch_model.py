@@ -14,9 +14,8 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components.base import DynamicBufferMixin
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_agpt.errors import OptionError
+from anomalib_agpt.errors import OptionError, check_choice
 from anomalib_agpt.explanation.llm_head import LLMHead, LLMHeadSpec
-from anomalib_agpt.explanation.llm_loading import check_choice
 from anomalib_agpt.explanation.questions import default_question
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.anomaly_maps import (
