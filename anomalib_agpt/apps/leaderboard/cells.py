@@ -84,6 +84,19 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+def mark_failed(row: dict[str, Any], config: LeaderboardConfig, why: str, detail: str) -> None:
+    """``row`` as a failed cell: ``failed: <why>`` (one line, 300 characters), ``detail`` in ``OUTPUT/errors``."""
+    row["status"] = f"failed: {' '.join(why.split())[:300]}"
+    errors = config.output / "errors"
+    errors.mkdir(parents=True, exist_ok=True)
+    (errors / f"{row['model']}_{row['category']}_seed{row['seed']}.txt").write_text(detail)
+
+
+def finished_at() -> str:
+    """The time a row is recorded (UTC, ISO 8601 to the second)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def run_cell(name: str, config: LeaderboardConfig, data_root: Path | None, category: str, seed: int) -> dict:
     """Build, fit and test one cell; never raises: failures come back as ``status = failed: ...``."""
     import torch
@@ -129,11 +142,8 @@ def run_cell(name: str, config: LeaderboardConfig, data_root: Path | None, categ
                 row[metric] = float(metrics[metric])
         row["status"] = "ok"
     except Exception as error:  # one failing cell must not end the run
-        message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-        row["status"] = f"failed: {message}"
-        (config.output / "errors").mkdir(parents=True, exist_ok=True)
-        (config.output / "errors" / f"{name}_{category}_seed{seed}.txt").write_text(traceback.format_exc())
+        mark_failed(row, config, f"{type(error).__name__}: {error}", traceback.format_exc())
     finally:
         row["seconds"] = time.perf_counter() - started
-        row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        row["finished_at"] = finished_at()
     return row

@@ -27,11 +27,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from anomalib_agpt.apps.leaderboard import cells
+from anomalib_agpt.apps.leaderboard.cells import finished_at, mark_failed
 from anomalib_agpt.apps.leaderboard.config import LeaderboardConfig
 from anomalib_agpt.apps.leaderboard.results import CellKey
 from anomalib_agpt.errors import SetupError
@@ -272,14 +272,6 @@ def _failed_row(config: LeaderboardConfig, key: CellKey, error: Exception, secon
         why = f"{type(error).__name__}: {first}"
         if isinstance(error, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
             why += f" ({RETRIES + 1} attempts)"
-    errors = config.output / "errors"
-    errors.mkdir(parents=True, exist_ok=True)
-    (errors / f"{name}_{category}_seed{seed}.txt").write_text(f"{type(error).__name__}: {error}\n")
-    return {
-        "model": name,
-        "category": category,
-        "seed": seed,
-        "status": f"failed: {' '.join(why.split())[:300]}",
-        "seconds": seconds,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    row: dict[str, Any] = {"model": name, "category": category, "seed": seed}
+    mark_failed(row, config, why, f"{type(error).__name__}: {error}\n")
+    return row | {"seconds": seconds, "finished_at": finished_at()}
