@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomalib_agpt.errors import MissingFileError, OptionError
+from anomalib_agpt.errors import MissingFileError, OptionError, OutputExistsError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FLAGS = ("--config", "-c")
@@ -23,12 +23,17 @@ def packaged_configs() -> dict[str, Path]:
     return {path.relative_to(PACKAGED).with_suffix("").as_posix(): path for path in sorted(PACKAGED.rglob("*.yaml"))}
 
 
+def _config_key(name: str) -> str:
+    """A config name as :func:`packaged_configs` keys it (``configs/paper/x.yaml`` -> ``paper/x``)."""
+    return Path(name).as_posix().removesuffix(".yaml").removeprefix("configs/")
+
+
 def packaged_config(name: str) -> Path:
     """The shipped config ``name`` (``mvtec_few_shot``, ``configs/mvtec_few_shot.yaml``, ``leaderboard/mvtec``)."""
-    key = Path(name).as_posix().removesuffix(".yaml").removeprefix("configs/")
-    found = packaged_configs().get(key)
+    configs = packaged_configs()
+    found = configs.get(_config_key(name))
     if found is None:
-        msg = f"config '{name}': no such file, and no packaged config of that name ({', '.join(packaged_configs())})."
+        msg = f"config '{name}': no such file, and no packaged config of that name ({', '.join(configs)})."
         raise MissingFileError(msg)
     return found
 
@@ -46,10 +51,9 @@ def resolve_config_flags(args: Sequence[str]) -> list[str]:
         value = inline or resolved[position]
         if Path(value).expanduser().exists() or value.lstrip().startswith(("{", "[")):
             continue
-        key = Path(value).as_posix().removesuffix(".yaml").removeprefix("configs/")
-        if key in packaged_configs():
-            path = str(packaged_config(value))
-            resolved[position] = f"{flag}={path}" if inline else path
+        found = packaged_configs().get(_config_key(value))
+        if found is not None:
+            resolved[position] = f"{flag}={found}" if inline else str(found)
     return resolved
 
 
@@ -76,7 +80,7 @@ def main(argv: Sequence[str]) -> int:
         target = target / source.name
     if target.exists():
         msg = f"configs: '{target}' exists; pass another DEST or remove it first."
-        raise OptionError(msg)
+        raise OutputExistsError(msg)
     shutil.copyfile(source, target)
     sys.stdout.write(f"copied {source.name} to {target}\n")
     return 0
