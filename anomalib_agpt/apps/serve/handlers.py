@@ -95,8 +95,6 @@ class Analysis:
     """The image score, as ``model(image).pred_score`` gives it (normalised when thresholds were fitted)."""
     threshold: float | None = None
     """The fitted threshold ``score`` is compared with (0.5 after normalisation); None: none was fitted."""
-    is_anomalous: bool | None = None
-    """The score's verdict (``score > threshold``); None without a fitted threshold: no score verdict."""
     history: History = field(default_factory=list)
     """The conversation so far: ``(question, answer)`` turns."""
     message: str = ""
@@ -113,6 +111,12 @@ class Analysis:
     def first_answer(self) -> str | None:
         """The answer to the analysed question (the conversation's first), which the answer verdict reads."""
         return self.history[0][1] if self.history else None
+
+    @property
+    def is_anomalous(self) -> bool | None:
+        """The score's verdict (``score > threshold``); None without a fitted threshold: no score verdict."""
+        verdict = score_verdict(self.score, self.threshold)
+        return verdict.anomalous if verdict else None
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -459,7 +463,6 @@ class ServeSession:
             pred_mask=mask,
             score=score,
             threshold=self.threshold,
-            is_anomalous=verdict.anomalous if verdict else None,
             message=note,
         )
 
