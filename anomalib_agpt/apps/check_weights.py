@@ -25,7 +25,13 @@ import torch
 
 from anomalib_agpt.errors import AnomalyGPTError, CheckpointError, MissingFileError
 from anomalib_agpt.explanation.conversation import STOP_PIECE
-from anomalib_agpt.explanation.llm_loading import SAFETENSORS_DTYPES, read_safetensors_header
+from anomalib_agpt.explanation.llm_loading import (
+    SAFETENSORS_DTYPES,
+    VOCAB_HINT,
+    read_safetensors_header,
+    stop_piece_id,
+    tokenizer_fits,
+)
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import NUM_TAPS, first_line
 
@@ -43,7 +49,6 @@ PROTOCOLS = {
     "train_supervised": "trained on MVTec AD and VisA: not for cross-dataset (zero-/few-shot protocol) numbers",
 }
 _RELEASED_PANDAGPT = "pandagpt_7b_max_len_1024"
-_VOCAB_HINT = "Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up"
 _GENERIC_NAMES = {"pytorch_model.pt", "pytorch_model.bin", "model.ckpt", "last.ckpt"}
 _LORA_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
@@ -353,8 +358,7 @@ def _describe_llm_folder(folder: Path, report: WeightReport) -> None:
         report.details.append("tokenizer: MISSING or unreadable")
         return
     chat = bool(getattr(tokenizer, "chat_template", None))
-    stop = tokenizer.convert_tokens_to_ids(STOP_PIECE)
-    stop_ok = chat or (stop is not None and stop != tokenizer.unk_token_id)
+    stop_ok = chat or stop_piece_id(tokenizer) is not None
     report.sizes |= {"tokenizer_size": len(tokenizer), "chat_template": chat, "stop_piece": stop_ok}
     report.details.append(f"tokenizer: {type(tokenizer).__name__}, {len(tokenizer)} tokens; {_conversation(chat)}")
 
@@ -488,8 +492,8 @@ def _llm_checks(index: int, llm: WeightReport) -> list[Check]:
     if tokens is None:
         checks.append(Check(ok=False, text=f"{name}: tokenizer missing ({s.get('tokenizer_problem')})", parts=parts))
     elif rows is not None:
-        ok = tokens <= rows if s["gguf"] else tokens == rows
-        hint = "" if ok else f" ({_VOCAB_HINT})"
+        ok = tokenizer_fits(tokens, rows, s["gguf"])
+        hint = "" if ok else f" ({VOCAB_HINT})"
         checks.append(
             Check(ok=ok, text=f"{name}: tokenizer {tokens} tokens vs embedding {rows} rows{hint}", parts=parts)
         )

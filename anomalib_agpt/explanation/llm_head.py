@@ -20,6 +20,7 @@ from torch import nn
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
 from anomalib_agpt.explanation.llm_loading import (
+    VOCAB_HINT,
     AttnImplementation,
     LLMDtype,
     LLMQuantization,
@@ -29,6 +30,8 @@ from anomalib_agpt.explanation.llm_loading import (
     load_tokenizer,
     resolve_dtype,
     sentencepiece_encoder,
+    stop_piece_id,
+    tokenizer_fits,
 )
 from anomalib_agpt.explanation.lora import attach_fresh_lora, attach_lora, merge_lora, split_pandagpt_delta
 from anomalib_agpt.explanation.prompt_learner import PromptLearner
@@ -132,10 +135,10 @@ class LLMHead(nn.Module):
         tokenizer = load_tokenizer(folder)
         llm = load_llm(folder, dtype, spec.attn_implementation, spec.llm_quantization, device)
         rows = llm.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) > rows or (folder.suffix != ".gguf" and len(tokenizer) != rows):
+        if not tokenizer_fits(len(tokenizer), rows, gguf=folder.suffix == ".gguf"):
             msg = (
                 f"llm: '{folder}' has a tokenizer of {len(tokenizer)} tokens but an embedding of {rows} rows "
-                "(Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up)."
+                f"({VOCAB_HINT})."
             )
             raise ckpt.CheckpointError(msg)
         hidden = llm.get_input_embeddings().weight.shape[1]
@@ -167,11 +170,11 @@ class LLMHead(nn.Module):
         return head.to(device)
 
     def _stop_token_id(self) -> int:
-        stop = self.tokenizer.convert_tokens_to_ids(STOP_PIECE)
-        if stop is None or stop == self.tokenizer.unk_token_id:
+        stop = stop_piece_id(self.tokenizer)
+        if stop is None:
             msg = f"llm: the tokenizer has no piece '{STOP_PIECE}' to end a turn on."
             raise ckpt.CheckpointError(msg)
-        return int(stop)
+        return stop
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text segment, no special tokens added.

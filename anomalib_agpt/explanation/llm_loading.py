@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from anomalib_agpt.errors import OptionError, SetupError, check_choice
+from anomalib_agpt.explanation.conversation import STOP_PIECE
 from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.checkpoints import CheckpointError
 
@@ -190,6 +191,21 @@ def check_quantization_support(llm_quantization: str, device: torch.device | Non
 def _gguf(path: Path) -> dict[str, str]:
     """``from_pretrained`` arguments for a single ``.gguf`` file (needs the ``gguf`` package)."""
     return {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+
+
+VOCAB_HINT = "Vicuna v0 has 32001 of both; a 32000-row LLaMA with a 32001-token tokenizer is the usual mix-up"
+"""What a tokenizer that does not fit its LLM's embedding usually means."""
+
+
+def tokenizer_fits(tokens: int, rows: int, gguf: bool) -> bool:
+    """Whether a tokenizer of ``tokens`` fits an embedding of ``rows``: equal (a GGUF file may pad rows)."""
+    return tokens <= rows if gguf else tokens == rows
+
+
+def stop_piece_id(tokenizer: Any) -> int | None:  # noqa: ANN401 - a Hugging Face tokenizer
+    """The id of PandaGPT's end of turn (``##``), or ``None`` when the vocabulary lacks the piece."""
+    stop = tokenizer.convert_tokens_to_ids(STOP_PIECE)
+    return None if stop is None or stop == tokenizer.unk_token_id else int(stop)
 
 
 def load_tokenizer(folder: Path) -> object:
