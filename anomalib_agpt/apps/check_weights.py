@@ -67,7 +67,9 @@ PandaGPT delta) are ready, whether the pieces fit (prompt width, llama_proj and 
 hidden size, tokenizer vs embedding), and which evaluation protocol each AnomalyGPT delta suits.
 
 Exit status: 0 when every path was recognised, 2 when any is missing or not a file this product reads
-(one "error: ..." line each). Example:
+(one "error: ..." line each).
+
+examples:
   anomalib-agpt check-weights imagebind_huge.pth train_visa/pytorch_model.pt \\
       pandagpt_7b_max_len_1024/pytorch_model.pt vicuna-7b-v0/
 """
@@ -607,14 +609,11 @@ def render(reports: Sequence[WeightReport]) -> tuple[list[str], list[str]]:
 
 def parse_args(argv: Sequence[str]) -> list[str]:
     """The paths to check (``--help`` describes the command)."""
-    from argparse import RawDescriptionHelpFormatter
+    from jsonargparse import ArgumentParser
 
-    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+    from anomalib_agpt.apps.options import HelpFormatter
 
-    class Formatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
-        """jsonargparse's help, with the description's lines kept as written."""
-
-    parser = ArgumentParser(prog="anomalib-agpt check-weights", description=DESCRIPTION, formatter_class=Formatter)
+    parser = ArgumentParser(prog="anomalib-agpt check-weights", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument(
         "paths",
         nargs="+",
