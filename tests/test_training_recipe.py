@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import Normalize
 
 from anomalib_agpt import AnomalyGPT
+from anomalib_agpt.apps.configs import resolve_config_flags
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.model import lightning_model
@@ -306,8 +307,7 @@ def test_paper_training_config_runs_one_step_on_cpu_and_its_checkpoint_tests_per
     turns = [{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A washer."}]
     instruction_json.write_text(json.dumps([{"image": str(image), "conversations": turns}]))
     common = [
-        "--config",
-        str(CONFIG),
+        *resolve_config_flags(["--config", "paper/mvtec_train"]),  # the packaged config, named as the README does
         f"--model.imagebind_checkpoint={IMAGEBIND}",
         f"--model.vision_heads={heads['vision_heads']}",
         f"--model.text_heads={heads['text_heads']}",
