@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.model.checkpoints import CheckpointError
 from anomalib_agpt.model.references import list_reference_images, load_reference_images
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
+from anomalib_agpt.weights.checkpoints import CheckpointError
 
 from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
 

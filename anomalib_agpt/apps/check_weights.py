@@ -1,6 +1,6 @@
 """``anomalib-agpt check-weights``: say what each weight file or folder is, and whether the set is complete and fits.
 
-Recognition is the product's own (:mod:`anomalib_agpt.model.checkpoints`, the PandaGPT delta split of
+Recognition is the product's own (:mod:`anomalib_agpt.weights.checkpoints`, the PandaGPT delta split of
 :mod:`anomalib_agpt.explanation.lora`, the tokenizer loading of :mod:`anomalib_agpt.explanation.llm_loading`),
 so a file this command accepts is a file the model accepts in that slot. Weights are not loaded into
 memory: PyTorch files are memory-mapped (``weights_only=True``; only legacy pre-zip files, which cannot
@@ -25,15 +25,10 @@ import torch
 
 from anomalib_agpt.errors import AnomalyGPTError, CheckpointError, MissingFileError
 from anomalib_agpt.explanation.conversation import STOP_PIECE
-from anomalib_agpt.explanation.llm_loading import (
-    SAFETENSORS_DTYPES,
-    VOCAB_HINT,
-    read_safetensors_header,
-    stop_piece_id,
-    tokenizer_fits,
-)
-from anomalib_agpt.model import checkpoints as ckpt
-from anomalib_agpt.model.checkpoints import NUM_TAPS, first_line
+from anomalib_agpt.explanation.llm_loading import VOCAB_HINT, stop_piece_id, tokenizer_fits
+from anomalib_agpt.weights import checkpoints as ckpt
+from anomalib_agpt.weights.checkpoints import NUM_TAPS, first_line
+from anomalib_agpt.weights.safetensors import SAFETENSORS_DTYPES, read_safetensors_header
 
 IMAGEBIND = "ImageBind weights"
 ANOMALYGPT = "AnomalyGPT delta"
@@ -119,7 +114,7 @@ def _unreadable(reason: str) -> CheckpointError:
 # Reading without loading
 # --------------------------------------------------------------------------------------------
 def _torch_load(path: Path) -> object:
-    """:func:`~anomalib_agpt.model.checkpoints.read_torch_file`, pathlib objects in Lightning hparams allowed."""
+    """:func:`~anomalib_agpt.weights.checkpoints.read_torch_file`, pathlib objects in Lightning hparams allowed."""
     try:
         return ckpt.read_torch_file(path, ckpt.PATH_GLOBALS)
     except CheckpointError as error:

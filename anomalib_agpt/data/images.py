@@ -23,7 +23,9 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
 from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError, check_choice
-from anomalib_agpt.model.pre_processing import ResizeMode
+
+ResizeMode = typing.Literal["crop", "squash"]
+"""How a picture becomes the square model view: short side + centre crop, or squashed (both sides resized)."""
 
 MIN_SIDE = 32  # a model view interpolated from fewer pixels than a MIN_SIDE x MIN_SIDE image is "tiny"
 MAX_CROP_ASPECT = 4.0  # in crop mode, a longer side beyond 4x the shorter one loses most of the image

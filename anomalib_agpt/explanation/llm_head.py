@@ -35,7 +35,7 @@ from anomalib_agpt.explanation.llm_loading import (
 )
 from anomalib_agpt.explanation.lora import attach_fresh_lora, attach_lora, merge_lora, split_pandagpt_delta
 from anomalib_agpt.explanation.prompt_learner import PromptLearner
-from anomalib_agpt.model import checkpoints as ckpt
+from anomalib_agpt.weights import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
 

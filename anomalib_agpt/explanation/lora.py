@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anomalib_agpt.model import checkpoints as ckpt
+from anomalib_agpt.weights import checkpoints as ckpt
 
 _LORA_KEY = re.compile(
     r"^llama_model\.base_model\.model\.(?P<module>model\.layers\.\d+\.self_attn\.[qkvo]_proj)"

@@ -12,7 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAccuracy
 
 from anomalib_agpt.explanation.conversation import is_anomalous_answer
-from anomalib_agpt.training.synthesis import position_name
+from anomalib_agpt.explanation.positions import position_name
 
 AccuracyRule = Literal["anomalib", "paper"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anomalib_agpt.model.checkpoints import CheckpointError
+from anomalib_agpt.weights.checkpoints import CheckpointError
 
 ORIGINAL_BASE_PROMPT_STD = 1.0
 """The original draws its base prompts from a standard normal (the from-scratch training path does too)."""

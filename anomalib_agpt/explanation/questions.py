@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from anomalib_agpt.data.class_names import ORIGINAL_CLASS_NAMES, resolve_original_class_name
 from anomalib_agpt.errors import MissingFileError, OptionError, OptionTypeError
-from anomalib_agpt.model.prompting import ORIGINAL_CLASS_NAMES, resolve_original_class_name
 
 ANOMALY_QUESTION = "Is there any anomaly in the image?"
 """The plain question every default question ends with; answers are trained and judged against it."""

@@ -1,7 +1,7 @@
 """ImageBind's vision and text towers, built from open_clip's classes.
 
 ImageBind-Huge is architecturally OpenCLIP ViT-H/14 with two differences that
-:func:`anomalib_agpt.model.checkpoints.convert_imagebind` and this module absorb: a Conv3d stem over two
+:func:`anomalib_agpt.weights.checkpoints.convert_imagebind` and this module absorb: a Conv3d stem over two
 identical frames (converted to a Conv2d) and LayerNorm eps 1e-6 everywhere. The towers are built on
 the ``meta`` device and the checkpoint tensors are assigned, so a 4.5 GB file is never held twice.
 The tap forward is written against the module attributes shared by open_clip 2.24 and 3.x.
@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import OptionError
-from anomalib_agpt.model.checkpoints import NUM_TAPS, CheckpointError, ImageBindSizes, load_strict
+from anomalib_agpt.weights.checkpoints import NUM_TAPS, CheckpointError, ImageBindSizes, load_strict
 
 LAYER_NORM_EPS = 1e-6
 

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
+from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.data.instructions import InstructionMix, load_instruction_data
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import ConversationName, is_anomalous_answer
@@ -47,9 +48,7 @@ from anomalib_agpt.explanation.llm_loading import (
 from anomalib_agpt.explanation.metrics import AccuracyRule, AnswerAccuracy, ExplanationGrounding
 from anomalib_agpt.explanation.prompt_learner import ORIGINAL_BASE_PROMPT_STD
 from anomalib_agpt.explanation.questions import default_question, load_questions, paper_class_name, question_for
-from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model import protocol as protocol_choices
-from anomalib_agpt.model.checkpoints import CheckpointError
 from anomalib_agpt.model.pre_processing import (
     ClipPreProcessor,
     ResizeMode,
@@ -58,7 +57,6 @@ from anomalib_agpt.model.pre_processing import (
     upgrade_transform_spec,
 )
 from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
-from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.model.protocol import Protocol, check_protocol, dataset_family
 from anomalib_agpt.model.references import list_reference_images, load_reference_images, round_reference_images
 from anomalib_agpt.model.torch_model import AnomalyGPTModel, EncoderDtype, FewShotMode, check_encoder_dtype
@@ -75,6 +73,8 @@ from anomalib_agpt.training.recipe import (
     training_losses,
     warmup_decay,
 )
+from anomalib_agpt.weights import checkpoints as ckpt
+from anomalib_agpt.weights.checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
 

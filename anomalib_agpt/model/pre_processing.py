@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from anomalib.pre_processing import PreProcessor
@@ -24,6 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from anomalib_agpt.data.images import ResizeMode
 from anomalib_agpt.errors import check_choice
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -31,8 +32,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CUBIC_A = -0.5  # PIL's (and torch's antialiased) bicubic coefficient
 PIL_WEIGHT_ONE = 2.0**22  # PIL keeps resampling weights in 22-bit fixed point
 TO_UINT8 = 255.999  # torchvision's float -> uint8 scale: exact for images read from 8-bit files
-
-ResizeMode = Literal["crop", "squash"]
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,13 @@
-"""Text prompts of AnomalyGPT's zero-shot branch and how class names are resolved."""
+"""Text prompts of AnomalyGPT's zero-shot branch (the class names they take live in ``data.class_names``)."""
 
 from __future__ import annotations
+
+from anomalib_agpt.data.class_names import (  # noqa: F401 - their home before 0.3
+    DEFAULT_CLASS_NAME,
+    ORIGINAL_CLASS_NAMES,
+    category_to_class_name,
+    resolve_original_class_name,
+)
 
 NORMAL_STATES = (
     "{}",
@@ -14,54 +21,9 @@ NORMAL_STATES = (
 ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
 TEMPLATES = ("a photo of a {}.", "a photo of the {}.")
 
-DEFAULT_CLASS_NAME = "object"
-
-ORIGINAL_CLASS_NAMES = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-    "object",
-    "candle",
-    "cashew",
-    "chewinggum",
-    "fryum",
-    "macaroni",
-    "pcb",
-    "pipe fryum",
-)
-"""The original's class list, in its order (its first substring match in the prompt wins)."""
-
 
 def prompt_sentences(class_name: str) -> tuple[list[str], list[str]]:
     """The 14 normal and 10 abnormal sentences for a class, state-major as the original builds them."""
     normal = [template.format(state.format(class_name)) for state in NORMAL_STATES for template in TEMPLATES]
     abnormal = [template.format(state.format(class_name)) for state in ABNORMAL_STATES for template in TEMPLATES]
     return normal, abnormal
-
-
-def category_to_class_name(category: str | None) -> str:
-    """Turn a datamodule category into a prompt name: ``metal_nut`` -> ``metal nut``; empty -> ``object``."""
-    name = (category or "").replace("_", " ").strip()
-    return name or DEFAULT_CLASS_NAME
-
-
-def resolve_original_class_name(prompt: str) -> str:
-    """The class name the original code would use for ``prompt``: its first list entry found in it.
-
-    This reproduces quirks of the original evaluation: VisA ``capsules`` -> ``capsule``,
-    ``pipe_fryum`` -> ``fryum``, ``pcb1..4`` -> ``pcb``, ``macaroni1/2`` -> ``macaroni`` and
-    ``chewinggum`` -> ``object`` (its description misspells the name).
-    """
-    return next((name for name in ORIGINAL_CLASS_NAMES if name in prompt), DEFAULT_CLASS_NAME)

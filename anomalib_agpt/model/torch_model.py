@@ -14,10 +14,10 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components.base import DynamicBufferMixin
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME
 from anomalib_agpt.errors import OptionError, check_choice
 from anomalib_agpt.explanation.llm_head import LLMHead, LLMHeadSpec
 from anomalib_agpt.explanation.questions import default_question
-from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.anomaly_maps import (
     AnomalyDecoder,
     few_shot_map,
@@ -33,7 +33,8 @@ from anomalib_agpt.model.encoder import (
     VisionFeatures,
     build_encoders,
 )
-from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, prompt_sentences
+from anomalib_agpt.model.prompting import prompt_sentences
+from anomalib_agpt.weights import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
+from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
-from anomalib_agpt.model import checkpoints as ckpt
 from anomalib_agpt.model.anomaly_maps import (
     few_shot_map,
     few_shot_similarity,
@@ -24,10 +24,8 @@ from anomalib_agpt.model.anomaly_maps import (
     zero_shot_logits,
     zero_shot_probabilities,
 )
-from anomalib_agpt.model.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
 from anomalib_agpt.model.encoder import NUM_TAPS, VisionFeatures
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
-from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
 from anomalib_agpt.training.loss import pixel_loss
 from anomalib_agpt.training.synthesis import (
@@ -37,6 +35,8 @@ from anomalib_agpt.training.synthesis import (
     synthesize,
     texture_settings,
 )
+from anomalib_agpt.weights import checkpoints as ckpt
+from anomalib_agpt.weights.checkpoints import DECODER_PREFIX, PROMPT_LEARNER_PREFIX
 
 TrainablePart = Literal["decoder", "prompt_learner", "lora", "llama_proj", "llm"]
 SynthesisMode = Literal["auto", "object", "texture"]

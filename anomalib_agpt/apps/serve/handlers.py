@@ -41,13 +41,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.callbacks.visualizer import Verdict, score_threshold, score_verdict, verdicts
+from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import AnomalyGPTError, OptionError
 from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.questions import default_question
 from anomalib_agpt.model.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
 from anomalib_agpt.model.pre_processing import visible_region
-from anomalib_agpt.model.prompting import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.model.references import load_reference_images
 
 logger = logging.getLogger(__name__)
