@@ -11,9 +11,27 @@ with warnings.catch_warnings():
     # a user of this package can act on, so it is not shown while this package imports it.
     warnings.simplefilter("ignore", FutureWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
-    from anomalib_agpt.model.lightning_model import AnomalyGPT
     from anomalib_agpt.model.torch_model import AnomalyGPTModel
+    from anomalib_agpt.module.lightning_model import AnomalyGPT
+    from anomalib_agpt.module.options import (
+        DecodingOptions,
+        ExplanationOptions,
+        FewShotOptions,
+        InferenceOptions,
+        TrainingOptions,
+        WeightOptions,
+    )
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
-__all__ = ["AnomalyGPT", "AnomalyGPTModel", "__version__"]
+__all__ = [
+    "AnomalyGPT",
+    "AnomalyGPTModel",
+    "DecodingOptions",
+    "ExplanationOptions",
+    "FewShotOptions",
+    "InferenceOptions",
+    "TrainingOptions",
+    "WeightOptions",
+    "__version__",
+]

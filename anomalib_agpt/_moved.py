@@ -1,4 +1,4 @@
-"""Module paths of 0.1 resolved to their homes since 0.2, so user imports and pickled exports keep working.
+"""Module paths of earlier versions resolved to their homes now, so user imports and pickled exports keep working.
 
 0.1 kept every module at the top level; 0.2 groups them by what they are for (``model``,
 ``explanation``, ``training``, ``apps``). A finder on ``sys.meta_path`` answers an old dotted path
@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 MOVED = {
-    "anomalib_agpt.lightning_model": "anomalib_agpt.model.lightning_model",
+    "anomalib_agpt.lightning_model": "anomalib_agpt.module.lightning_model",
     "anomalib_agpt.torch_model": "anomalib_agpt.model.torch_model",
     "anomalib_agpt.encoder": "anomalib_agpt.model.encoder",
     "anomalib_agpt.checkpoints": "anomalib_agpt.weights.checkpoints",
@@ -29,11 +29,14 @@ MOVED = {
     "anomalib_agpt.llm_loading": "anomalib_agpt.explanation.llm_loading",
     "anomalib_agpt.prompt_learner": "anomalib_agpt.explanation.prompt_learner",
     "anomalib_agpt.conversation": "anomalib_agpt.explanation.conversation",
-    "anomalib_agpt.chat": "anomalib_agpt.explanation.chat",
+    "anomalib_agpt.chat": "anomalib_agpt.module.chat",
     "anomalib_agpt.metrics": "anomalib_agpt.explanation.metrics",
     "anomalib_agpt.synthesis": "anomalib_agpt.training.synthesis",
     "anomalib_agpt.loss": "anomalib_agpt.training.loss",
     "anomalib_agpt.cli": "anomalib_agpt.apps.cli",
+    # moved in 0.3 (the anomalib face above the parts it composes; weight files at the bottom)
+    "anomalib_agpt.model.lightning_model": "anomalib_agpt.module.lightning_model",
+    "anomalib_agpt.explanation.chat": "anomalib_agpt.module.chat",
     "anomalib_agpt.demo": "anomalib_agpt.apps.demo",
     "anomalib_agpt.leaderboard": "anomalib_agpt.apps.leaderboard",
     "anomalib_agpt.serve": "anomalib_agpt.apps.serve",  # and its submodules

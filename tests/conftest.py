@@ -79,3 +79,21 @@ def heads(meta: dict[str, Any]) -> dict[str, int]:
 def weights(heads: dict[str, int]) -> dict[str, Any]:
     """Constructor arguments that load the reference set's weights."""
     return {"imagebind_checkpoint": str(IMAGEBIND), "anomalygpt_checkpoint": str(ANOMALYGPT_DELTA), **heads}
+
+
+def grouped(**flat: Any) -> dict[str, Any]:
+    """Test shorthand: options by their flat names (before 0.3) put into the constructor's groups.
+
+    Most tests vary one or two options; naming them flat keeps those tests short. Tests of the groups
+    themselves (``test_options.py``, the CLI and configs) use the grouped form directly.
+    """
+    from anomalib_agpt.module.legacy_options import group_flat_options
+
+    return group_flat_options(flat)
+
+
+def make_model(**flat: Any) -> Any:
+    """An ``AnomalyGPT`` from options by their flat names (see :func:`grouped`)."""
+    from anomalib_agpt import AnomalyGPT
+
+    return AnomalyGPT(**grouped(**flat))

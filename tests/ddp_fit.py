@@ -13,7 +13,7 @@ from pathlib import Path
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
-from anomalib_agpt import AnomalyGPT
+from anomalib_agpt import AnomalyGPT, TrainingOptions, WeightOptions
 from anomalib_agpt.data import make_synthetic_mvtec
 
 
@@ -24,12 +24,13 @@ def main(output: Path, fixtures: Path) -> None:
     )
     datamodule = MVTecAD(root=root, category="washer", train_batch_size=2, eval_batch_size=4, num_workers=0)
     model = AnomalyGPT(
-        imagebind_checkpoint=str(fixtures / "imagebind.pth"),
-        anomalygpt_checkpoint=str(fixtures / "anomalygpt_delta.pt"),
-        vision_heads=4,
-        text_heads=2,
-        trainable=["decoder"],
-        learning_rate=1e-2,
+        weights=WeightOptions(
+            imagebind_checkpoint=str(fixtures / "imagebind.pth"),
+            anomalygpt_checkpoint=str(fixtures / "anomalygpt_delta.pt"),
+            vision_heads=4,
+            text_heads=2,
+        ),
+        training=TrainingOptions(trainable=["decoder"], learning_rate=1e-2),
     )
     initial = float(model.model.decoder.fc[0].weight.detach().sum())
     engine = Engine(

@@ -20,7 +20,7 @@ from anomalib.models import get_model
 
 from anomalib_agpt.data import make_synthetic_mvtec
 
-from .conftest import auroc_by_ranks
+from .conftest import auroc_by_ranks, grouped
 
 CATEGORY = "washer"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO runs bf16 on AMX/AVX512-BF16 CPUs unless told
@@ -47,7 +47,7 @@ def test_anomalib_model_battery(
     tmp_path: Path,
 ) -> None:
     def model() -> Any:
-        return get_model("AnomalyGPT", **weights, k_shot=k_shot)
+        return get_model("AnomalyGPT", **grouped(**weights, k_shot=k_shot))
 
     def datamodule() -> MVTecAD:
         return MVTecAD(root=dataset_root, category=CATEGORY, train_batch_size=2, eval_batch_size=8, num_workers=0)

@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.model.references import list_reference_images, load_reference_images
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
 from anomalib_agpt.weights.checkpoints import CheckpointError
 
-from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
+from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA, make_model
 
 
 def edited(path: Path, tmp_path: Path, edit: Any) -> Path:
@@ -27,24 +26,25 @@ def edited(path: Path, tmp_path: Path, edit: Any) -> Path:
 
 def test_no_weights_names_the_options() -> None:
     with pytest.raises(
-        ValueError, match=r"imagebind_checkpoint, anomalygpt_checkpoint not given.*preset='random-small'"
+        ValueError,
+        match=r"weights\.imagebind_checkpoint, weights\.anomalygpt_checkpoint not given.*preset='random-small'",
     ):
-        AnomalyGPT()
+        make_model()
 
 
 def test_preset_and_paths_are_exclusive(weights: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="either preset or weight paths"):
-        AnomalyGPT(**weights, preset="random-small")
+    with pytest.raises(ValueError, match=r"either weights\.preset or weight paths"):
+        make_model(**weights, preset="random-small")
 
 
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match=r"preset='huge' is unknown; expected one of \['random-small'\]"):
-        AnomalyGPT(preset="huge")  # type: ignore[arg-type]
+        make_model(preset="huge")  # type: ignore[arg-type]
 
 
 def test_missing_file_names_option_and_places(tmp_path: Path, weights: dict[str, Any]) -> None:
     with pytest.raises(FileNotFoundError, match=r"imagebind_checkpoint: weight file 'nope.pth' not found \(tried"):
-        AnomalyGPT(**{**weights, "imagebind_checkpoint": "nope.pth"})
+        make_model(**{**weights, "imagebind_checkpoint": "nope.pth"})
 
 
 def test_weights_home_resolves_relative_paths(
@@ -52,7 +52,7 @@ def test_weights_home_resolves_relative_paths(
     weights: dict[str, Any],
 ) -> None:
     monkeypatch.setenv("ANOMALIB_AGPT_HOME", str(FIXTURES))
-    model = AnomalyGPT(**{**weights, "imagebind_checkpoint": "imagebind.pth"})
+    model = make_model(**{**weights, "imagebind_checkpoint": "imagebind.pth"})
     assert model.model.image_size == 224
 
 
@@ -62,13 +62,13 @@ def test_file_in_wrong_slot_says_what_it_looks_like(weights: dict[str, Any]) -> 
         match=r"imagebind_checkpoint: .*pandagpt_delta.pt' is not an ImageBind.*"
         r"it looks like a PandaGPT delta",
     ):
-        AnomalyGPT(**{**weights, "imagebind_checkpoint": str(PANDAGPT_DELTA)})
+        make_model(**{**weights, "imagebind_checkpoint": str(PANDAGPT_DELTA)})
     with pytest.raises(
         CheckpointError,
         match=r"anomalygpt_checkpoint: .*imagebind.pth' is not an AnomalyGPT delta.*"
         r"it looks like an ImageBind checkpoint",
     ):
-        AnomalyGPT(**{**weights, "anomalygpt_checkpoint": str(IMAGEBIND)})
+        make_model(**{**weights, "anomalygpt_checkpoint": str(IMAGEBIND)})
 
 
 def test_missing_imagebind_key_is_an_error(tmp_path: Path, heads: dict[str, int]) -> None:
@@ -140,23 +140,25 @@ def test_folder_as_checkpoint(tmp_path: Path, heads: dict[str, int]) -> None:
 
 def test_heads_must_divide_width(weights: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="vision_heads=5 does not divide the tower width 64"):
-        AnomalyGPT(**{**weights, "vision_heads": 5})
+        make_model(**{**weights, "vision_heads": 5})
 
 
 def test_negative_k_shot(weights: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="k_shot=-1: expected 0"):
-        AnomalyGPT(**weights, k_shot=-1)
+        make_model(**weights, k_shot=-1)
 
 
 def test_empty_reference_folder_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*_: Any) -> None:
         raise AssertionError("weights were loaded before the reference set was checked")
 
-    monkeypatch.setattr("anomalib_agpt.model.lightning_model.build_torch_model", forbidden)
-    with pytest.raises(ValueError, match=r"few_shot_source='.*' holds 0 image\(s\); k_shot=2 needs at least 2"):
-        AnomalyGPT(preset="random-small", k_shot=2, few_shot_source=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"few_shot_source='.*missing' is not a folder"):
-        AnomalyGPT(preset="random-small", k_shot=1, few_shot_source=tmp_path / "missing")
+    monkeypatch.setattr("anomalib_agpt.module.lightning_model.build_torch_model", forbidden)
+    with pytest.raises(
+        ValueError, match=r"few_shot\.source='.*' holds 0 image\(s\); few_shot\.k_shot=2 needs at least"
+    ):
+        make_model(preset="random-small", k_shot=2, few_shot_source=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"few_shot.source='.*missing' is not a folder"):
+        make_model(preset="random-small", k_shot=1, few_shot_source=tmp_path / "missing")
 
 
 def test_reference_folder_is_read_in_file_order(tmp_path: Path) -> None:
@@ -174,24 +176,24 @@ def test_corrupt_reference_image_names_its_path(tmp_path: Path) -> None:
 
 def test_set_references_refuses_empty_batch(weights: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"non-empty \(k, 3, H, W\) batch.*\(0, 3, 224, 224\)"):
-        AnomalyGPT(**weights).model.set_references(torch.zeros(0, 3, 224, 224))
+        make_model(**weights).model.set_references(torch.zeros(0, 3, 224, 224))
 
 
 def test_few_shot_without_reference_source(weights: dict[str, Any]) -> None:
-    model = AnomalyGPT(**weights, k_shot=1)
-    with pytest.raises(ValueError, match="k_shot=1 needs normal reference images: pass few_shot_source"):
+    model = make_model(**weights, k_shot=1)
+    with pytest.raises(ValueError, match=r"few_shot.k_shot=1 needs normal reference images: pass few_shot.source"):
         model.prepare()
 
 
 def test_few_shot_source_gives_references(weights: dict[str, Any], tmp_path: Path) -> None:
     (tmp_path / "ref.png").write_bytes((FIXTURES / "images" / "reference_0_good.png").read_bytes())
-    model = AnomalyGPT(**weights, k_shot=1, few_shot_source=tmp_path)
+    model = make_model(**weights, k_shot=1, few_shot_source=tmp_path)
     model.prepare()
     assert model.model.num_reference_images == 1
 
 
 def test_checkpoint_of_another_model_is_refused(weights: dict[str, Any]) -> None:
-    model = AnomalyGPT(**weights)
+    model = make_model(**weights)
     checkpoint = {"state_dict": {"model.text_features": torch.zeros(2, 32), "model.extra": torch.zeros(1)}}
     with pytest.raises(CheckpointError, match=r"missing \['model.reference_memory'.*unexpected \['model.extra'\]"):
         model.on_load_checkpoint(checkpoint)

@@ -23,7 +23,7 @@ from anomalib.engine import Engine
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORY = "weave"
 ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
@@ -60,11 +60,11 @@ def image_batch(path: Path) -> torch.Tensor:
 
 def model_args(weights: dict[str, Any], k_shot: int) -> list[str]:
     return [
-        f"--model.imagebind_checkpoint={weights['imagebind_checkpoint']}",
-        f"--model.anomalygpt_checkpoint={weights['anomalygpt_checkpoint']}",
-        f"--model.vision_heads={weights['vision_heads']}",
-        f"--model.text_heads={weights['text_heads']}",
-        f"--model.k_shot={k_shot}",
+        f"--model.weights.imagebind_checkpoint={weights['imagebind_checkpoint']}",
+        f"--model.weights.anomalygpt_checkpoint={weights['anomalygpt_checkpoint']}",
+        f"--model.weights.vision_heads={weights['vision_heads']}",
+        f"--model.weights.text_heads={weights['text_heads']}",
+        f"--model.few_shot.k_shot={k_shot}",
     ]
 
 
@@ -126,7 +126,7 @@ def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict
     in_process = Engine(
         default_root_dir=cli_fit["work"] / "test_in_process", logger=False, devices=1, enable_progress_bar=False
     ).test(
-        model=AnomalyGPT(**weights, k_shot=1),
+        model=make_model(**weights, k_shot=1),
         datamodule=MVTecAD(root=cli_fit["root"], category=CATEGORY, num_workers=0),
         ckpt_path=cli_fit["ckpt"],
         verbose=False,
@@ -264,10 +264,10 @@ def test_explain_predict_writes_jsonl_from_the_cli(cli_fit: dict[str, Path], wei
         "--model",
         "AnomalyGPT",
         *model_args(weights, 1),
-        "--model.explain=true",
-        f"--model.llm={FIXTURES / 'vicuna'}",
-        f"--model.pandagpt_checkpoint={PANDAGPT_DELTA}",
-        "--model.max_new_tokens=8",
+        "--model.explanation.explain=true",
+        f"--model.weights.llm={FIXTURES / 'vicuna'}",
+        f"--model.weights.pandagpt_checkpoint={PANDAGPT_DELTA}",
+        "--model.explanation.decoding.max_new_tokens=8",
         "--data",
         images,
         "--ckpt_path",

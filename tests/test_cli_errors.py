@@ -15,6 +15,7 @@ from anomalib_agpt.apps import cli
 from anomalib_agpt.apps.workspace import WorkspaceState, restore, restored_on_failure
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.errors import OptionError
+from anomalib_agpt.module.legacy_options import FLAT_OPTIONS, new_place
 
 from .conftest import FIXTURES
 from .test_cli import ENV, script
@@ -36,7 +37,7 @@ def fit_args(weights: dict[str, Any], data_root: Path, results: Path, **model: o
         "fit",
         "--model",
         "AnomalyGPT",
-        *(f"--model.{key}={value}" for key, value in options.items()),
+        *(f"--model.{new_place(key) if key in FLAT_OPTIONS else key}={value}" for key, value in options.items()),
         "--data",
         "MVTecAD",
         f"--data.root={data_root}",
@@ -102,7 +103,7 @@ def test_a_failed_run_leaves_versions_and_latest_as_they_were(
     status, printed = run_main(fit_args(weights, data_root, results, k_shot=10), capsys)
 
     assert status == 2
-    assert non_empty_lines(printed)[-2] == "error: k_shot=10 but the datamodule's train set holds 3 images."
+    assert non_empty_lines(printed)[-2] == "error: few_shot.k_shot=10 but the datamodule's train set holds 3 images."
     assert sorted(p.name for p in workspace.iterdir()) == before == ["latest", "v0"]
     assert (workspace / "latest").resolve() == (workspace / "v0").resolve()
     assert checkpoint.is_file()
@@ -127,7 +128,7 @@ def test_predict_skips_an_unreadable_image_and_says_so(
                 "predict",
                 "--model",
                 "AnomalyGPT",
-                *(f"--model.{key}={value}" for key, value in {**weights, "k_shot": 1}.items()),
+                *(f"--model.{new_place(key)}={value}" for key, value in {**weights, "k_shot": 1}.items()),
                 f"--ckpt_path={checkpoint}",
                 f"--data={folder}",
                 f"--default_root_dir={results}",

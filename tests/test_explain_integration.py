@@ -18,7 +18,7 @@ from anomalib_agpt.callbacks import PredictionWriter
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.explanation.conversation import is_anomalous_answer
 
-from .conftest import FIXTURES, PANDAGPT_DELTA, auroc_by_ranks
+from .conftest import FIXTURES, PANDAGPT_DELTA, auroc_by_ranks, make_model
 
 CATEGORY = "tablet"
 CELLS = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
@@ -63,7 +63,7 @@ def fitted(weights: dict[str, Any], explain_options: dict[str, Any], tmp_path_fa
     root = make_synthetic_mvtec(work / "data", categories=(CATEGORY,), num_train=2, num_test_good=2, num_test_defect=1)
     datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=4, num_workers=0)
     engine = Engine(default_root_dir=work / "results", logger=False, devices=1, enable_progress_bar=False)
-    model = AnomalyGPT(**weights, **explain_options)
+    model = make_model(**weights, **explain_options)
     engine.fit(model=model, datamodule=datamodule)
     assert model.model.llm_head is None  # validation (threshold fitting) never needs the LLM
     checkpoint = work / "results" / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
@@ -76,7 +76,7 @@ def test_test_fills_explanations_labels_and_answer_accuracy(
     explain_options: dict[str, Any],
 ) -> None:
     """The answer metrics and image AUROC equal those computed by hand from the test batches' answers and scores."""
-    model = AnomalyGPT(**weights, **explain_options)
+    model = make_model(**weights, **explain_options)
     kept = KeepTestBatches()
     engine = Engine(
         default_root_dir=fitted["work"] / "results",
@@ -110,7 +110,7 @@ def test_predict_answers_every_image_and_labels_follow_answers(
 ) -> None:
     writer = PredictionWriter(output_dir=tmp_path / "predictions")
     engine = Engine(default_root_dir=tmp_path, logger=False, devices=1, callbacks=[writer], enable_progress_bar=False)
-    model = AnomalyGPT(**weights, **explain_options)
+    model = make_model(**weights, **explain_options)
     batches = engine.predict(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])
     for batch in batches:
         assert len(batch.explanation) == len(batch.image)
@@ -123,7 +123,7 @@ def test_predict_answers_every_image_and_labels_follow_answers(
 
 
 def test_threshold_labels_when_asked(fitted: dict, weights: dict[str, Any], explain_options: dict[str, Any]) -> None:
-    model = AnomalyGPT(**weights, **explain_options, label_source="threshold")
+    model = make_model(**weights, **explain_options, label_source="threshold")
     batches = fitted["engine"].predict(model=model, datamodule=fitted["datamodule"], ckpt_path=fitted["checkpoint"])
     for batch in batches:
         assert batch.explanation is not None
@@ -152,7 +152,7 @@ def test_export_from_an_explain_checkpoint_never_loads_the_llm(
 def test_export_after_explaining_leaves_the_llm_out(
     weights: dict[str, Any], explain_options: dict, tmp_path: Path
 ) -> None:
-    model = AnomalyGPT(**weights, **explain_options)
+    model = make_model(**weights, **explain_options)
     model.model.ensure_llm_head()
     path = model.to_torch(tmp_path)
     assert torch.load(path, weights_only=False)["model"].model.llm_head is None
@@ -168,7 +168,7 @@ def test_one_encoder_pass_feeds_both_maps_and_the_llm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Fused zero-/few-shot map and the LLM's image token all come from a single encoder call per batch."""
-    model = AnomalyGPT(**weights, **{**explain_options, "k_shot": 0}, few_shot_mode="fuse")
+    model = make_model(**weights, **{**explain_options, "k_shot": 0}, few_shot_mode="fuse")
     torch_model = model.model
     references = torch.rand(1, 3, 224, 224)
     torch_model.set_references(references)

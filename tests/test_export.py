@@ -18,11 +18,10 @@ from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from PIL import Image
 
-from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.model.pre_processing import resize_like_pil
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, make_model
 
 CATEGORY = "washer"
 REAL_SIZES = ((900, 900), (768, 1024), (1024, 768))  # (height, width)
@@ -75,12 +74,12 @@ def exported(
     options = {**weights, "k_shot": k_shot, "resize_mode": resize_mode}
     run = _run(tmp_path_factory.mktemp(f"k{k_shot}_{resize_mode}"))
     datamodule = MVTecAD(root=dataset_root, category=CATEGORY, train_batch_size=2, eval_batch_size=2, num_workers=0)
-    run.fit(model=AnomalyGPT(**options), datamodule=datamodule)
+    run.fit(model=make_model(**options), datamodule=datamodule)
     checkpoint = run.trainer.checkpoint_callback.best_model_path
-    batches = run.predict(model=AnomalyGPT(**options), data_path=real_size_images, ckpt_path=checkpoint)
+    batches = run.predict(model=make_model(**options), data_path=real_size_images, ckpt_path=checkpoint)
     predictions = {Path(b.image_path[0]).name: (b.anomaly_map[0].squeeze(), b.pred_score[0]) for b in batches}
     files = {
-        kind: run.export(model=AnomalyGPT(**options), export_type=kind, ckpt_path=checkpoint)
+        kind: run.export(model=make_model(**options), export_type=kind, ckpt_path=checkpoint)
         for kind in ("torch", "onnx", "openvino")
     }
     return {"predictions": predictions, "files": files, "folder": real_size_images}

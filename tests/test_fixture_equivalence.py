@@ -16,11 +16,10 @@ from anomalib.data.utils import read_image
 
 from anomalib_agpt.model.anomaly_maps import few_shot_similarity, zero_shot_logits
 from anomalib_agpt.model.encoder import tap_indices
-from anomalib_agpt.model.lightning_model import AnomalyGPT
 from anomalib_agpt.model.prompting import category_to_class_name, prompt_sentences, resolve_original_class_name
 from anomalib_agpt.model.torch_model import AnomalyGPTModel
 
-from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND
+from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, make_model
 
 QUERIES = ["query_0_rgb_blob.png", "query_1_gray_scratch.png", "query_2_rgba_good.png"]
 TOL_TOKENS = 1e-4
@@ -152,7 +151,7 @@ def test_pre_processing_equals_the_originals_pil_pixels(
     weights: dict[str, Any], expected: dict[str, Any], query: str
 ) -> None:
     """The raw fixture images through the product's pre-processor give the original's pixel values."""
-    model = AnomalyGPT(**weights)
+    model = make_model(**weights)
     stored = (
         expected["reference_pixel_values"]
         if query.startswith("reference")

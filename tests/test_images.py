@@ -22,7 +22,7 @@ from anomalib_agpt.data import PredictImages, geometry_warning, read_rgb_image
 from anomalib_agpt.errors import ImageReadError, MissingFileError, OptionError
 from anomalib_agpt.model.references import load_reference_images
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, make_model
 
 ONE_LEVEL = 1 / 255 + 1e-6  # one 8-bit grey level, plus float32 rounding of level / 255
 HEIGHT, WIDTH = 40, 72  # not square, so that a wrong rotation changes the shape; big enough for no tiny-warning
@@ -242,7 +242,7 @@ def test_a_broken_exif_block_still_reads_the_pixels(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def zero_shot(weights: dict[str, Any]) -> AnomalyGPT:
-    return AnomalyGPT(**weights, class_name="washer").eval()
+    return make_model(**weights, class_name="washer").eval()
 
 
 def anomaly_maps(model: AnomalyGPT, paths: list[Path]) -> torch.Tensor:

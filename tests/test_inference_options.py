@@ -20,7 +20,7 @@ from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.explanation import llm_head as llm_head_module
 from anomalib_agpt.explanation.llm_loading import bitsandbytes_config, load_llm
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 VICUNA = FIXTURES / "vicuna"
 QUERY = "query_1_gray_scratch.png"
@@ -29,7 +29,7 @@ QUERY = "query_1_gray_scratch.png"
 def explainer(weights: dict[str, Any], **options: Any) -> AnomalyGPT:
     """The reference set's full model (fp32, greedy, 16 new tokens as the fixtures were made)."""
     settings = {"llm": str(VICUNA), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "explain": True, "llm_dtype": "fp32"}
-    return AnomalyGPT(**weights, class_name="bottle", max_new_tokens=16, **settings | options).eval()
+    return make_model(**weights, class_name="bottle", max_new_tokens=16, **settings | options).eval()
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def pretend_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_unknown_option_values_are_refused(weights: dict[str, Any], option: str, value: str, allowed: str) -> None:
     with pytest.raises(ValueError, match=f"{option}='{value}': expected one of {allowed}."):
-        AnomalyGPT(**weights, **{option: value})
+        make_model(**weights, **{option: value})
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_quantization_without_cuda_or_bitsandbytes_is_refused_before_loading(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     missing = weights | {"imagebind_checkpoint": "nowhere/imagebind.pth"}  # nothing may be read first
     with pytest.raises(RuntimeError, match=r"llm_quantization='8bit' .* needs a CUDA GPU \(none is available\)"):
-        AnomalyGPT(**missing, llm=str(VICUNA), llm_quantization="8bit")
+        make_model(**missing, llm=str(VICUNA), llm_quantization="8bit")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -108,7 +108,7 @@ def test_quantization_without_cuda_or_bitsandbytes_is_refused_before_loading(
         lambda name, *args: None if name == "bitsandbytes" else find_spec(name, *args),
     )
     with pytest.raises(RuntimeError, match=r"'4bit' .* needs the bitsandbytes package \(pip install 'anomalib-agpt\["):
-        AnomalyGPT(**missing, llm=str(VICUNA), llm_quantization="4bit")
+        make_model(**missing, llm=str(VICUNA), llm_quantization="4bit")
 
 
 @pytest.mark.usefixtures("pretend_bitsandbytes")
@@ -180,7 +180,7 @@ def test_quantized_head_wiring_passes_the_config_checks_the_device_and_keeps_the
     """
     checked: list[tuple[str, torch.device | None]] = []
     monkeypatch.setattr(llm_head_module, "check_quantization_support", lambda q, d=None: checked.append((q, d)))
-    monkeypatch.setattr("anomalib_agpt.model.lightning_model.check_quantization_support", lambda q, d=None: None)
+    monkeypatch.setattr("anomalib_agpt.module.building.check_quantization_support", lambda q, d=None: None)
     monkeypatch.setattr("anomalib_agpt.explanation.llm_loading.check_quantization_support", lambda q, d=None: None)
     calls = recording_from_pretrained(monkeypatch)
     model = explainer(weights, llm_quantization="4bit")
@@ -244,8 +244,8 @@ ENCODER_MEAN_BOUND = 1e-2
 
 
 def test_bf16_encoder_gives_float32_maps_close_to_fp32(weights: dict[str, Any], expected: dict[str, Any]) -> None:
-    fp32 = AnomalyGPT(**weights, class_name="bottle").eval()
-    bf16 = AnomalyGPT(**weights, class_name="bottle", encoder_dtype="bf16").eval()
+    fp32 = make_model(**weights, class_name="bottle").eval()
+    bf16 = make_model(**weights, class_name="bottle", encoder_dtype="bf16").eval()
     images = torch.cat([expected["queries"][q]["pixel_values"] for q in expected["queries"]])
     for references in (False, True):  # zero-shot, then few-shot (the memory is float32 too)
         if references:
@@ -267,9 +267,9 @@ def test_auto_encoder_dtype_is_fp32_on_cpu(weights: dict[str, Any], expected: di
 
     assert resolve_encoder_dtype("auto", torch.device("cuda")) == torch.float16
     images = expected["queries"][QUERY]["pixel_values"]
-    auto = AnomalyGPT(**weights, class_name="bottle", encoder_dtype="auto").eval()
+    auto = make_model(**weights, class_name="bottle", encoder_dtype="auto").eval()
     assert torch.equal(
-        auto.model(images).anomaly_map, AnomalyGPT(**weights, class_name="bottle").model(images).anomaly_map
+        auto.model(images).anomaly_map, make_model(**weights, class_name="bottle").model(images).anomaly_map
     )
     assert auto.model.vision_encoder.visual.conv1.weight.dtype == torch.float32
 
@@ -280,8 +280,8 @@ def test_fp16_encoder_on_cuda_gives_float32_maps_close_to_fp32(
     weights: dict[str, Any], expected: dict[str, Any], encoder_dtype: str
 ) -> None:
     """``fp16`` (and ``auto``, which is fp16 on CUDA) towers on the GPU: float32 maps within the bounds of fp32."""
-    fp32 = AnomalyGPT(**weights, class_name="bottle").eval().to("cuda")
-    half = AnomalyGPT(**weights, class_name="bottle", encoder_dtype=encoder_dtype).eval().to("cuda")
+    fp32 = make_model(**weights, class_name="bottle").eval().to("cuda")
+    half = make_model(**weights, class_name="bottle", encoder_dtype=encoder_dtype).eval().to("cuda")
     images = torch.cat([expected["queries"][q]["pixel_values"] for q in expected["queries"]]).to("cuda")
     for references in (False, True):  # zero-shot, then few-shot
         if references:
@@ -327,8 +327,8 @@ def test_compiled_encoder_gives_the_eager_map(
     expected: dict[str, Any],
     compile_calls: dict[str, int],
 ) -> None:
-    eager = AnomalyGPT(**weights, class_name="bottle").eval()
-    compiled = AnomalyGPT(**weights, class_name="bottle", compile_encoder=True).eval()
+    eager = make_model(**weights, class_name="bottle").eval()
+    compiled = make_model(**weights, class_name="bottle", compile_encoder=True).eval()
     assert compile_calls["compiled"] == 0  # lazily, on the first batch
     images = torch.cat([expected["queries"][q]["pixel_values"] for q in expected["queries"]])
     for _ in range(2):
@@ -344,7 +344,7 @@ def test_compiled_encoder_exports_and_pickles_eagerly(
     compile_calls: dict[str, int],
     tmp_path: Path,
 ) -> None:
-    model = AnomalyGPT(**weights, class_name="bottle", compile_encoder=True, resize_mode="squash").eval()
+    model = make_model(**weights, class_name="bottle", compile_encoder=True, resize_mode="squash").eval()
     images = expected["queries"][QUERY]["pixel_values"]
     before = model.model(images).anomaly_map
     assert compile_calls["calls"] == 1

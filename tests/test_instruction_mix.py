@@ -15,16 +15,15 @@ from anomalib.engine import Engine
 from PIL import Image
 from torchvision.transforms.v2.functional import normalize
 
-from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.data.instructions import InstructionMix, InstructionSample, load_instruction_data
 from anomalib_agpt.errors import MissingFileError, OptionError
 from anomalib_agpt.explanation.llm_head import LLMHead
-from anomalib_agpt.model import lightning_model
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
+from anomalib_agpt.module import fitting
 from anomalib_agpt.training import recipe
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORY = "washer"
 HEAD = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
@@ -175,9 +174,9 @@ def test_a_step_averages_the_anomaly_loss_and_the_answer_loss_of_one_instruction
         return seen["instruction"]
 
     monkeypatch.setattr(LLMHead, "lm_loss", lm_loss_spy)
-    monkeypatch.setattr(lightning_model, "training_losses", training_losses_spy)
-    monkeypatch.setattr(lightning_model, "instruction_loss", instruction_loss_spy)
-    model = AnomalyGPT(
+    monkeypatch.setattr(fitting, "training_losses", training_losses_spy)
+    monkeypatch.setattr(fitting, "instruction_loss", instruction_loss_spy)
+    model = make_model(
         **weights,
         **HEAD,
         trainable=["decoder", "prompt_learner"],
@@ -200,7 +199,7 @@ def test_a_step_averages_the_anomaly_loss_and_the_answer_loss_of_one_instruction
     assert instruction_call["q"] == [sample.question for sample in chosen]
     assert instruction_call["a"] == [sample.answer for sample in chosen]
     # the instruction prompt map is the zero-shot map against 'object': an untrained model's inference map
-    reference = AnomalyGPT(**weights, class_name="object").model.eval()
+    reference = make_model(**weights, class_name="object").model.eval()
     with torch.no_grad():
         expected_map = reference(seen["images"]).anomaly_map
     torch.testing.assert_close(instruction_call["map"], expected_map, rtol=0, atol=1e-5)
@@ -217,8 +216,8 @@ def test_instruction_data_needs_a_trained_head_part_and_a_good_file_before_train
     weights: dict[str, Any], data_root: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(OptionError, match=r"instruction_data='x\.json' trains through the answer loss"):
-        AnomalyGPT(**weights, trainable=["decoder"], instruction_data="x.json")
-    model = AnomalyGPT(**weights, **HEAD, trainable=["prompt_learner"], instruction_data=tmp_path / "nowhere.json")
+        make_model(**weights, trainable=["decoder"], instruction_data="x.json")
+    model = make_model(**weights, **HEAD, trainable=["prompt_learner"], instruction_data=tmp_path / "nowhere.json")
     datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=2, num_workers=0)
     engine = Engine(default_root_dir=tmp_path, max_steps=1, limit_val_batches=0, **QUIET)
     with pytest.raises(MissingFileError, match=r"nowhere\.json' does not exist"):

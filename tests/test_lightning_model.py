@@ -17,7 +17,7 @@ from lightning.pytorch import Callback
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec
 
-from .conftest import auroc_by_ranks, f1_by_counts
+from .conftest import auroc_by_ranks, f1_by_counts, grouped, make_model
 
 CATEGORY = "washer"
 NUM_TRAIN, NUM_GOOD, NUM_DEFECT = 4, 2, 2
@@ -75,18 +75,18 @@ def fitted(
     """One ``Engine.fit`` per learning type; later tests start from its checkpoint."""
     k_shot = request.param
     results = tmp_path_factory.mktemp(f"results_k{k_shot}")
-    model = AnomalyGPT(**weights, k_shot=k_shot)
+    model = make_model(**weights, k_shot=k_shot)
     engine(results).fit(model=model, datamodule=datamodule(dataset_root))
     checkpoint = results / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
     return {"k_shot": k_shot, "model": model, "checkpoint": checkpoint, "results": results}
 
 
 def test_learning_type_and_registration(weights: dict[str, Any]) -> None:
-    assert AnomalyGPT(**weights).learning_type == LearningType.ZERO_SHOT
-    assert AnomalyGPT(**weights, k_shot=3).learning_type == LearningType.FEW_SHOT
-    assert AnomalyGPT(**weights).trainer_arguments == {}
+    assert make_model(**weights).learning_type == LearningType.ZERO_SHOT
+    assert make_model(**weights, k_shot=3).learning_type == LearningType.FEW_SHOT
+    assert make_model(**weights).trainer_arguments == {}
     assert "anomaly_g_p_t" in list_models()
-    assert isinstance(get_model("AnomalyGPT", **weights), AnomalyGPT)
+    assert isinstance(get_model("AnomalyGPT", **grouped(**weights)), AnomalyGPT)
 
 
 def test_fit_resolves_class_name_and_references(fitted: dict[str, Any], dataset_root: Path) -> None:
@@ -97,14 +97,14 @@ def test_fit_resolves_class_name_and_references(fitted: dict[str, Any], dataset_
         # the first k train files in file order, through the query pre-processing
         paths = sorted((dataset_root / CATEGORY / "train" / "good").glob("*.png"))[: fitted["k_shot"]]
         images = torch.stack([model.pre_processor.transform(read_image(p, as_tensor=True)) for p in paths])
-        expected = AnomalyGPT(**_weights_of(model))
+        expected = make_model(**_weights_of(model))
         expected.model.set_references(images)
         torch.testing.assert_close(model.model.reference_memory, expected.model.reference_memory)
 
 
 def _weights_of(model: AnomalyGPT) -> dict[str, Any]:
     keys = ("imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
-    return {key: model.hparams[key] for key in keys}
+    return {key: getattr(model.hparams["weights"], key) for key in keys}
 
 
 def test_checkpoint_holds_no_frozen_weights(fitted: dict[str, Any]) -> None:
@@ -121,7 +121,7 @@ def test_checkpoint_holds_no_frozen_weights(fitted: dict[str, Any]) -> None:
         "post_processor.pixel_max",
     }
     assert checkpoint["anomalygpt_class_name"] == CATEGORY
-    assert checkpoint["hyper_parameters"]["k_shot"] == fitted["k_shot"]
+    assert checkpoint["hyper_parameters"]["few_shot"]["k_shot"] == fitted["k_shot"]
     assert checkpoint["state_dict"]["model.reference_memory"].shape[1] == fitted["k_shot"] * 256
 
 
@@ -140,14 +140,14 @@ def test_checkpoint_loads_whatever_evaluator_ran(weights: dict[str, Any]) -> Non
 
     evaluator = AnomalyGPT.configure_evaluator()
     evaluator.test_metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
-    measured = AnomalyGPT(**weights, evaluator=evaluator)
+    measured = make_model(**weights, evaluator=evaluator)
     assert any(key.startswith("evaluator.") for key in measured.state_dict())
     checkpoint = {"state_dict": measured.state_dict()}
     measured.on_save_checkpoint(checkpoint)
     assert not any(key.startswith("evaluator.") for key in checkpoint["state_dict"])
 
     older = {"state_dict": measured.state_dict()}  # as written before metric states were dropped
-    AnomalyGPT(**weights).on_load_checkpoint(older)
+    make_model(**weights).on_load_checkpoint(older)
     assert not any(key.startswith("evaluator.") for key in older["state_dict"])
 
 
@@ -157,7 +157,7 @@ def test_test_from_checkpoint_reports_metrics(
     dataset_root: Path,
 ) -> None:
     """Each reported metric equals the one computed by hand from the test images' scores, labels and maps."""
-    model = AnomalyGPT(**weights, k_shot=fitted["k_shot"])
+    model = make_model(**weights, k_shot=fitted["k_shot"])
     kept = KeepTestBatches()
     metrics = engine(fitted["results"], [kept]).test(
         model=model,
@@ -214,7 +214,7 @@ def test_predict_with_datamodule_and_folder(
 ) -> None:
     run = engine(fitted["results"])
     batches = run.predict(
-        model=AnomalyGPT(**weights, k_shot=fitted["k_shot"]),
+        model=make_model(**weights, k_shot=fitted["k_shot"]),
         datamodule=datamodule(dataset_root),
         ckpt_path=fitted["checkpoint"],
     )
@@ -223,7 +223,7 @@ def test_predict_with_datamodule_and_folder(
     assert_post_processed_raw_outputs(batches, fitted)
     folder = dataset_root / CATEGORY / "test" / "scratch"
     batches = run.predict(
-        model=AnomalyGPT(**weights, k_shot=fitted["k_shot"]),
+        model=make_model(**weights, k_shot=fitted["k_shot"]),
         data_path=folder,
         ckpt_path=fitted["checkpoint"],
     )

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 from anomalib import LearningType
+from anomalib_agpt.explanation.chat import AnomalyGPTChat
 
 from anomalib_agpt import AnomalyGPT
-from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 from anomalib_agpt.explanation.llm_head import MAX_TRAINING_TEXT_TOKENS
 from anomalib_agpt.weights.checkpoints import CheckpointError
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 QUERIES = ["query_0_rgb_blob.png", "query_1_gray_scratch.png", "query_2_rgba_good.png"]
 VICUNA = FIXTURES / "vicuna"
@@ -29,7 +29,7 @@ TOL_LOGITS = 1e-4
 @pytest.fixture(scope="module")
 def explainer(weights: dict[str, Any]) -> AnomalyGPT:
     """The reference set's full model (fp32, greedy, 16 new tokens as the fixtures were made)."""
-    model = AnomalyGPT(
+    model = make_model(
         **weights,
         class_name="bottle",
         llm=str(VICUNA),
@@ -129,12 +129,12 @@ def test_multi_turn_prompt_format() -> None:
 # --------------------------------------------------------------------------------------------
 def head_for(weights: dict[str, Any], **changes: Any) -> Any:
     options = {"llm": str(VICUNA), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "explain": True} | changes
-    return AnomalyGPT(**weights, **options).model.ensure_llm_head()
+    return make_model(**weights, **options).model.ensure_llm_head()
 
 
 def test_explain_needs_its_weights(weights: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="explain=True needs llm, pandagpt_checkpoint"):
-        AnomalyGPT(**weights, explain=True)
+    with pytest.raises(ValueError, match=r"explanation\.explain=True needs weights\.llm, weights\.pandagpt_checkpoint"):
+        make_model(**weights, explain=True)
 
 
 def test_llm_folder_without_tokenizer(weights: dict[str, Any], tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_a_long_training_answer_is_cut_to_the_originals_training_length(explaine
 
 
 def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: dict[str, Any]) -> None:
-    model = AnomalyGPT(
+    model = make_model(
         **weights,
         class_name="bottle",
         llm=str(VICUNA),
@@ -264,12 +264,12 @@ def test_streamed_llm_refuses_a_config_that_does_not_fit(random_llama: Path, tmp
 def test_untrained_head_parts_start_fresh_without_training(weights: dict[str, Any]) -> None:
     """Without the PandaGPT delta, named head parts may start untrained; nothing trains or needs gradients."""
     with pytest.raises(ValueError, match="pandagpt_checkpoint"):
-        AnomalyGPT(**weights, llm=str(VICUNA), explain=True)
-    model = AnomalyGPT(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
+        make_model(**weights, llm=str(VICUNA), explain=True)
+    model = make_model(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
     assert model.learning_type == LearningType.ZERO_SHOT
     assert model.trainer_arguments == {}
     head = model.model.ensure_llm_head()
     assert not any(parameter.requires_grad for parameter in model.parameters())
-    again = AnomalyGPT(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
+    again = make_model(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
     # fresh parts come from the head's seed: the same model twice
     torch.testing.assert_close(again.model.ensure_llm_head().llama_proj.weight, head.llama_proj.weight)

@@ -12,7 +12,6 @@ from anomalib.data import ImageBatch, MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import MultiCategory, make_synthetic_mvtec
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.llm_head import LLMHead
@@ -22,7 +21,7 @@ from anomalib_agpt.model.protocol import dataset_family
 from anomalib_agpt.training import recipe
 from anomalib_agpt.training.recipe import synthesis_settings
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORIES = ("weave", "washer")
 
@@ -95,7 +94,7 @@ def test_a_training_step_uses_each_sample_s_class(
 
     monkeypatch.setattr(recipe, "per_class_zero_shot_logits", logits_spy)
     monkeypatch.setattr(recipe, "make_synthetic_batch", batch_spy)
-    model = AnomalyGPT(**weights, trainable=["decoder"])
+    model = make_model(**weights, trainable=["decoder"])
     engine(tmp_path, max_epochs=1, limit_train_batches=1).fit(model=model, datamodule=multi(root))
 
     categories = [Path(path).parts[-4] for path in seen["paths"]]
@@ -113,12 +112,12 @@ def test_a_training_step_uses_each_sample_s_class(
 
 def test_a_multi_class_checkpoint_tests_on_each_category(weights: dict[str, Any], root: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
+    model = make_model(**weights, trainable=["decoder"], learning_rate=1e-2)
     engine(tmp_path, max_epochs=2).fit(model=model, datamodule=multi(root))
     checkpoint = next(tmp_path.rglob("model.ckpt"))
     assert "weave+washer" in checkpoint.parts
     for category in CATEGORIES:
-        tested = AnomalyGPT(**weights)
+        tested = make_model(**weights)
         datamodule = MVTecAD(root=root, category=category, eval_batch_size=4, num_workers=0)
         (results,) = engine(tmp_path / category).test(model=tested, datamodule=datamodule, ckpt_path=checkpoint)
         assert tested.model.class_name == category
@@ -150,7 +149,7 @@ def test_the_answer_loss_asks_each_sample_about_its_class_with_its_class_s_refer
     monkeypatch.setattr(LLMHead, "lm_loss", lm_loss_spy)
     monkeypatch.setattr(recipe, "_reference_map", reference_map_spy)
     head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
-    model = AnomalyGPT(**weights, **head, trainable=["decoder", "prompt_learner"], few_shot_prompt_probability=1.0)
+    model = make_model(**weights, **head, trainable=["decoder", "prompt_learner"], few_shot_prompt_probability=1.0)
     datamodule = multi(root)
     engine(tmp_path, max_epochs=1, limit_train_batches=1).fit(model=model, datamodule=datamodule)
 

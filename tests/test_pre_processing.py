@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.model.pre_processing import ClipResize
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, grouped, make_model
 
 SIDE = 224
 LEGACY = Path(__file__).parent / "fixtures" / "checkpoints_v0_1"
@@ -69,14 +69,14 @@ def test_uint8_images_stay_uint8_with_the_same_levels() -> None:
 @pytest.mark.parametrize(("name", "k_shot"), [("zero_shot.ckpt", 0), ("one_shot.ckpt", 1)])
 def test_checkpoints_written_by_0_1_load_and_score(weights: dict[str, Any], name: str, k_shot: int) -> None:
     """0.1 stored a PIL-compatible resize + centre crop; it loads as ClipResize and scores as a fresh model."""
-    restored = AnomalyGPT.load_from_checkpoint(LEGACY / name, **weights).eval()
+    restored = AnomalyGPT.load_from_checkpoint(LEGACY / name, **grouped(**weights)).eval()
     resize = restored.pre_processor.transform.transforms[0]
     assert isinstance(resize, ClipResize)
     assert resize.crop
     assert restored.model.class_name == "washer"
     assert restored.model.num_reference_images == k_shot
 
-    fresh = AnomalyGPT(**weights, k_shot=k_shot).eval()
+    fresh = make_model(**weights, k_shot=k_shot).eval()
     fresh.model.set_class_name("washer")
     torch.testing.assert_close(restored.model.text_features, fresh.model.text_features)
     if k_shot:
@@ -90,7 +90,7 @@ def test_checkpoints_written_by_0_1_load_and_score(weights: dict[str, Any], name
 def test_torch_exports_pickled_by_0_1_load_and_score_as_today(weights: dict[str, Any]) -> None:
     """0.1's torch export (whole module pickled) unpickles; its forward now pre-processes PIL-exactly."""
     exported = torch.load(LEGACY / "zero_shot_torch_export.pt", weights_only=False)["model"].eval()
-    current = AnomalyGPT.load_from_checkpoint(LEGACY / "zero_shot.ckpt", **weights).eval()
+    current = AnomalyGPT.load_from_checkpoint(LEGACY / "zero_shot.ckpt", **grouped(**weights)).eval()
     image = read_image(FIXTURES / "images" / "query_1_gray_scratch.png", as_tensor=True).unsqueeze(0)
     torch.testing.assert_close(exported.pre_processor(image), current.pre_processor(image))
     old, new = exported(image), current(image)

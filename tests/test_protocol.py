@@ -18,6 +18,8 @@ from anomalib_agpt.explanation.metrics import AnswerAccuracy, answer_is_right
 from anomalib_agpt.model import protocol
 from anomalib_agpt.model.references import round_reference_images
 
+from .conftest import make_model
+
 CATEGORY = "washer"
 
 
@@ -81,22 +83,22 @@ def test_visa_round_skips_4_round_train_rows_of_the_class_in_file_order(tmp_path
 
 def test_few_shot_source_and_reference_round_together_are_refused(weights: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="both choose the references"):
-        AnomalyGPT(**weights, k_shot=1, few_shot_source=tmp_path, reference_round=3)
+        make_model(**weights, k_shot=1, few_shot_source=tmp_path, reference_round=3)
     with pytest.raises(OptionError, match=r"protocol='papers'"):
-        AnomalyGPT(**weights, protocol="papers")
+        make_model(**weights, protocol="papers")
 
 
 def test_paper_encodes_the_originals_references_and_its_maps_equal_the_default_models(
     weights: dict[str, Any], twenty_train_images: Path
 ) -> None:
     """Under paper, 1-shot uses train/good/012.png; on CPU the tensor path equals a default model's (<= 1e-6)."""
-    paper = AnomalyGPT(**weights, k_shot=1, protocol="paper")
+    paper = make_model(**weights, k_shot=1, protocol="paper")
     data = datamodule(twenty_train_images)
     data.setup()
     paper._datamodule = lambda: data  # type: ignore[method-assign]
     paper.prepare()
 
-    default = AnomalyGPT(**weights, k_shot=1, class_name=paper.model.class_name)
+    default = make_model(**weights, k_shot=1, class_name=paper.model.class_name)
     reference = read_rgb_image(twenty_train_images / CATEGORY / "train" / "good" / "012.png")
     default.model.set_references(default.pre_processor.transform(reference.unsqueeze(0)))
     default.model.set_class_name(paper.model.class_name)
@@ -129,17 +131,17 @@ def test_paper_encodes_the_originals_references_and_its_maps_equal_the_default_m
 def test_paper_takes_the_class_name_from_the_question_asked_verbatim(
     weights: dict[str, Any], twenty_train_images: Path, questions: dict[str, str], expected_class: str
 ) -> None:
-    model = AnomalyGPT(**weights, protocol="paper", questions=questions)
+    model = make_model(**weights, protocol="paper", questions=questions)
     data = datamodule(twenty_train_images)
     model._datamodule = lambda: data  # type: ignore[method-assign]
     model.prepare()
     assert model.asked_question() == questions[CATEGORY]
     assert model.model.class_name == expected_class
-    assert AnomalyGPT(**weights, protocol="paper", questions=questions, class_name="screw").model.class_name == "screw"
+    assert make_model(**weights, protocol="paper", questions=questions, class_name="screw").model.class_name == "screw"
 
 
 def test_default_protocol_keeps_the_category_as_class_name(weights: dict[str, Any], twenty_train_images: Path) -> None:
-    model = AnomalyGPT(**weights, questions={CATEGORY: "A textile sample. Is there any anomaly in the image?"})
+    model = make_model(**weights, questions={CATEGORY: "A textile sample. Is there any anomaly in the image?"})
     data = datamodule(twenty_train_images)
     model._datamodule = lambda: data  # type: ignore[method-assign]
     model.prepare()
@@ -158,12 +160,12 @@ def test_decoding_per_protocol_and_dataset_with_explicit_values_winning() -> Non
 
 
 def test_paper_sets_the_dataset_dependent_choices_at_set_up(weights: dict[str, Any], twenty_train_images: Path) -> None:
-    model = AnomalyGPT(**weights, protocol="paper", top_p=0.5)
+    model = make_model(**weights, protocol="paper", top_p=0.5)
     data = datamodule(twenty_train_images)
     model._datamodule = lambda: data  # type: ignore[method-assign]
     model.prepare()
     assert model.model.generation == {"do_sample": True, "top_p": 0.5, "temperature": 1.0, "max_new_tokens": 512}
-    assert AnomalyGPT(**weights).model.generation["do_sample"] is False
+    assert make_model(**weights).model.generation["do_sample"] is False
 
 
 def test_paper_precision_choices() -> None:
@@ -208,7 +210,7 @@ def test_answer_accuracy_metric_counts_by_its_rule() -> None:
 
 
 def test_paper_evaluator_uses_the_papers_count(weights: dict[str, Any]) -> None:
-    model = AnomalyGPT(**weights, protocol="paper", explain=False)
+    model = make_model(**weights, protocol="paper", explain=False)
     rules = [
         m.rule
         for m in AnomalyGPT.configure_evaluator(explain=True, accuracy_rule="paper").test_metrics
@@ -222,12 +224,13 @@ def test_protocol_questions_and_round_are_hyperparameters_lightning_saves(
     weights: dict[str, Any], tmp_path: Path
 ) -> None:
     questions = {CATEGORY: "Anything odd here? Is there any anomaly in the image?"}
-    model = AnomalyGPT(**weights, k_shot=1, protocol="paper", questions=questions, reference_round=2)
-    assert {k: model.hparams[k] for k in ("protocol", "questions", "reference_round")} == {
-        "protocol": "paper",
-        "questions": questions,
-        "reference_round": 2,
-    }
+    model = make_model(**weights, k_shot=1, protocol="paper", questions=questions, reference_round=2)
+    saved = (
+        model.hparams["protocol"],
+        model.hparams["explanation"].questions,
+        model.hparams["few_shot"].reference_round,
+    )
+    assert saved == ("paper", questions, 2)
 
 
 @pytest.mark.cuda
@@ -236,8 +239,8 @@ def test_paper_runs_towers_and_llm_in_fp16_on_cuda(weights: dict[str, Any], expe
     from .conftest import FIXTURES, PANDAGPT_DELTA
 
     explain = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "class_name": "bottle"}
-    paper = AnomalyGPT(**weights, **explain, protocol="paper").to("cuda")
-    default = AnomalyGPT(**weights, **explain).to("cuda")
+    paper = make_model(**weights, **explain, protocol="paper").to("cuda")
+    default = make_model(**weights, **explain).to("cuda")
     pixels = next(iter(expected["queries"].values()))["pixel_values"].to("cuda")
     ours, theirs = paper.model(pixels), default.model(pixels)
     assert paper.model.vision_encoder.visual.conv1.weight.dtype == torch.float16

@@ -22,7 +22,7 @@ from anomalib_agpt.apps.serve import ServeSession
 from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, MB, SCORES_ONLY_MESSAGE, limit_pil_decoding
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 
-from .conftest import FIXTURES, PANDAGPT_DELTA
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 QUERY = FIXTURES / "images" / "query_0_rgb_blob.png"  # 256 x 192: the model sees its centred square
 OTHER = FIXTURES / "images" / "query_1_gray_scratch.png"
@@ -32,7 +32,7 @@ REFERENCE = FIXTURES / "images" / "reference_0_good.png"
 @pytest.fixture
 def session(weights: dict[str, Any]) -> ServeSession:
     """A fresh server over the reference set's model with its LLM (greedy, short answers): empty caches."""
-    model = AnomalyGPT(
+    model = make_model(
         **weights,
         class_name="bottle",
         llm=str(FIXTURES / "vicuna"),
@@ -44,7 +44,7 @@ def session(weights: dict[str, Any]) -> ServeSession:
 
 @pytest.fixture
 def scores_only(weights: dict[str, Any]) -> ServeSession:
-    return ServeSession(AnomalyGPT(**weights, class_name="bottle"), max_image_pixels=300 * 300)
+    return ServeSession(make_model(**weights, class_name="bottle"), max_image_pixels=300 * 300)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def forward(
     weights: dict[str, Any], path: Path, class_name: str = "bottle", reference: Path | None = None
 ) -> InferenceBatch:
     """What a separate AnomalyGPT's own forward (pre-processor, model, post-processor) gives for ``path``."""
-    model = AnomalyGPT(**weights, class_name=class_name).eval()
+    model = make_model(**weights, class_name=class_name).eval()
     with torch.no_grad():
         if reference is not None:
             model.model.set_references(model.pre_processor.transform(read_image(reference, as_tensor=True)[None]))
@@ -300,7 +300,7 @@ def test_decompression_bombs_get_a_message_and_are_never_decoded(
 def test_files_over_the_upload_limit_get_a_message_and_are_not_opened(
     weights: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = ServeSession(AnomalyGPT(**weights, class_name="bottle"), max_upload_mb=0.2)  # the query (90 KB) fits
+    session = ServeSession(make_model(**weights, class_name="bottle"), max_upload_mb=0.2)  # the query (90 KB) fits
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(big)
     assert big.stat().st_size > 0.2 * MB > QUERY.stat().st_size
@@ -333,7 +333,7 @@ def test_limit_pil_decoding_makes_pil_refuse_bombs(tmp_path: Path, monkeypatch: 
 def test_the_session_refuses_limits_that_are_not_positive(weights: dict[str, Any]) -> None:
     from anomalib_agpt.errors import OptionError
 
-    model = AnomalyGPT(**weights)
+    model = make_model(**weights)
     for limits in ({"max_image_pixels": 0}, {"max_upload_mb": -1.0}):
         with pytest.raises(OptionError, match="must be positive"):
             ServeSession(model, **limits)
@@ -588,7 +588,7 @@ def test_a_trained_checkpoint_is_served_with_its_references_and_thresholds(
     )
     datamodule = MVTecAD(root=root, category="tablet", eval_batch_size=4, num_workers=0)
     engine = Engine(default_root_dir=tmp_path, logger=False, devices=1, enable_progress_bar=False)
-    engine.fit(model=AnomalyGPT(**weights, k_shot=1), datamodule=datamodule)
+    engine.fit(model=make_model(**weights, k_shot=1), datamodule=datamodule)
     checkpoint = next(tmp_path.rglob("model.ckpt"))
     served = load_served_model(ModelOptions(checkpoint=str(checkpoint)))
     assert "trained checkpoint `model.ckpt`" in served.description

@@ -19,7 +19,7 @@ from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.training.recipe import make_synthetic_batch, warmup_decay
 from anomalib_agpt.training.synthesis import object_settings
 
-from .conftest import FIXTURES, IMAGEBIND, PANDAGPT_DELTA
+from .conftest import FIXTURES, IMAGEBIND, PANDAGPT_DELTA, make_model
 
 CATEGORY = "washer"
 
@@ -69,7 +69,7 @@ def fit(
 ) -> tuple:
     seed_everything(0)
     recorder = LossRecorder()
-    model = AnomalyGPT(**weights, **({"trainable": ["decoder"], "learning_rate": 1e-2} | options))
+    model = make_model(**weights, **({"trainable": ["decoder"], "learning_rate": 1e-2} | options))
     engine = Engine(
         default_root_dir=root,
         logger=False,
@@ -91,7 +91,7 @@ def trained(weights: dict[str, Any], datamodule: MVTecAD, tmp_path_factory: pyte
 
 
 def test_training_is_one_class_and_clips_gradients(weights: dict[str, Any]) -> None:
-    model = AnomalyGPT(**weights, trainable=["decoder"])
+    model = make_model(**weights, trainable=["decoder"])
     assert model.learning_type == LearningType.ONE_CLASS
     assert model.trainer_arguments == {"gradient_clip_val": 1.0}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
@@ -101,12 +101,12 @@ def test_training_is_one_class_and_clips_gradients(weights: dict[str, Any]) -> N
 
 def test_llm_parts_need_the_head(weights: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"\['prompt_learner'\] belong to the explanation head; pass llm"):
-        AnomalyGPT(**weights, trainable=["decoder", "prompt_learner"])
+        make_model(**weights, trainable=["decoder", "prompt_learner"])
 
 
 def test_every_trainable_part_is_in_the_optimiser(weights: dict[str, Any], datamodule: MVTecAD, tmp_path: Path) -> None:
     head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
-    model = AnomalyGPT(**weights, **head, trainable=["decoder", "prompt_learner", "llama_proj", "lora"])
+    model = make_model(**weights, **head, trainable=["decoder", "prompt_learner", "llama_proj", "lora"])
     engine = Engine(
         default_root_dir=tmp_path,
         logger=False,
@@ -164,7 +164,7 @@ def test_delta_round_trip(trained: dict, weights: dict[str, Any], tmp_path: Path
         f"image_decoder.fc.{i}.{kind}" for i in range(4) for kind in ("weight", "bias")
     }
     assert any(k.startswith("prompt_learner.") for k in delta)  # carried over from the released delta
-    reloaded = AnomalyGPT(**{**weights, "anomalygpt_checkpoint": str(path)})
+    reloaded = make_model(**{**weights, "anomalygpt_checkpoint": str(path)})
     for name, value in trained["model"].model.decoder.state_dict().items():
         torch.testing.assert_close(reloaded.model.decoder.state_dict()[name], value.half().float())
 
@@ -203,7 +203,7 @@ def test_head_parts_train_on_the_answer_loss(weights: dict[str, Any], datamodule
     seed_everything(0)
     recorder = LossRecorder()
     head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
-    model = AnomalyGPT(**weights, **head, trainable=["decoder", "prompt_learner", "lora"], learning_rate=1e-2)
+    model = make_model(**weights, **head, trainable=["decoder", "prompt_learner", "lora"], learning_rate=1e-2)
     engine = Engine(
         default_root_dir=tmp_path,
         logger=False,
@@ -282,7 +282,7 @@ def test_bf16_mixed_training_runs_the_steps_under_autocast_and_learns(
     tmp_path: Path,
 ) -> None:
     """Lightning's bf16-mixed plugin wraps the training steps in CPU autocast; the fp32 decoder still learns."""
-    model = AnomalyGPT(**weights, trainable=["decoder"], learning_rate=1e-2)
+    model = make_model(**weights, trainable=["decoder"], learning_rate=1e-2)
     before = model.model.decoder.fc[0].weight.detach().clone()
     seen: list[tuple[bool, torch.dtype, torch.dtype]] = []
 
@@ -314,7 +314,7 @@ def test_tied_llm_weights_stay_out_of_checkpoints(weights: dict[str, Any], tmp_p
     from anomalib_agpt.model.presets import write_tiny_llm
 
     llm = write_tiny_llm(tmp_path / "llm", seed=0)
-    model = AnomalyGPT(**weights, llm=str(llm), trainable=["decoder", "prompt_learner", "llama_proj"])
+    model = make_model(**weights, llm=str(llm), trainable=["decoder", "prompt_learner", "llama_proj"])
     head = model.model.ensure_llm_head()
     head.llm.tie_weights()  # share lm_head and embed_tokens, as tied models do
     head.llm.lm_head.weight = head.llm.get_input_embeddings().weight

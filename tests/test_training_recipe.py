@@ -20,16 +20,15 @@ from lightning.pytorch import seed_everything
 from PIL import Image
 from torchvision.transforms.v2 import Normalize
 
-from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.apps.configs import resolve_config_flags
 from anomalib_agpt.data import make_synthetic_mvtec
 from anomalib_agpt.errors import OptionError
-from anomalib_agpt.model import lightning_model
 from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD, ClipResize
+from anomalib_agpt.module import fitting
 from anomalib_agpt.training.recipe import anomalygpt_delta, make_synthetic_batch, warmup_decay
 from anomalib_agpt.training.synthesis import object_settings, synthesize
 
-from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA
+from .conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA, make_model
 
 CATEGORY = "washer"
 HEAD = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
@@ -135,14 +134,14 @@ def test_steps_pass_their_last_image_on_within_an_epoch(
     weights: dict[str, Any], data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[dict[str, Any]] = []
-    make = lightning_model.training_losses
+    make = fitting.training_losses
 
     def spy(model: Any, images: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         calls.append({"images": images.clone(), "previous": kwargs.get("previous_image")})
         return make(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(lightning_model, "training_losses", spy)
-    model = AnomalyGPT(**weights, trainable=["decoder"])
+    monkeypatch.setattr(fitting, "training_losses", spy)
+    model = make_model(**weights, trainable=["decoder"])
     datamodule = MVTecAD(root=data_root, category=CATEGORY, train_batch_size=1, num_workers=0)
     Engine(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0, **QUIET).fit(
         model=model, datamodule=datamodule
@@ -157,7 +156,7 @@ def test_steps_pass_their_last_image_on_within_an_epoch(
 # 3. Squashed training images, evaluation as configured
 # --------------------------------------------------------------------------------------------
 def test_training_images_are_squashed_and_evaluation_crops(weights: dict[str, Any], tall_root: Path) -> None:
-    model = AnomalyGPT(**weights, trainable=["decoder"])  # resize_mode crop
+    model = make_model(**weights, trainable=["decoder"])  # resize_mode crop
     seen: dict[str, list[tuple[str, torch.Tensor]]] = {"train": [], "val": []}
     training_step, validation_step = model.training_step, model.validation_step
 
@@ -191,7 +190,7 @@ def test_one_shot_reference_is_the_first_normal_image_encoded_once(
 ) -> None:
     encoded: list[torch.Tensor] = []
     used: list[torch.Tensor | None] = []
-    original_memory, original_losses = lightning_model.rotation_reference_memory, lightning_model.training_losses
+    original_memory, original_losses = fitting.rotation_reference_memory, fitting.training_losses
 
     def memory(model: Any, reference: torch.Tensor) -> torch.Tensor:
         encoded.append(reference.clone())
@@ -201,10 +200,10 @@ def test_one_shot_reference_is_the_first_normal_image_encoded_once(
         used.append(kwargs["reference_memory"])
         return original_losses(*args, **kwargs)
 
-    monkeypatch.setattr(lightning_model, "rotation_reference_memory", memory)
-    monkeypatch.setattr(lightning_model, "training_losses", losses)
+    monkeypatch.setattr(fitting, "rotation_reference_memory", memory)
+    monkeypatch.setattr(fitting, "training_losses", losses)
     seed_everything(0)
-    model = AnomalyGPT(**weights, **HEAD, trainable=["decoder", "prompt_learner"], few_shot_prompt_probability=1.0)
+    model = make_model(**weights, **HEAD, trainable=["decoder", "prompt_learner"], few_shot_prompt_probability=1.0)
     engine = Engine(max_epochs=2, limit_val_batches=0, **QUIET)
     engine.fit(model=model, datamodule=datamodule_of(tall_root))
     assert len(used) == 4  # 2 epochs x 2 batches, one encoding
@@ -226,13 +225,13 @@ def test_one_shot_reference_is_the_first_normal_image_encoded_once(
 # --------------------------------------------------------------------------------------------
 def test_nothing_to_train_still_needs_the_anomalygpt_delta(heads: dict[str, int]) -> None:
     with pytest.raises(OptionError, match=r"anomalygpt_checkpoint not given.*trainable=\[decoder"):
-        AnomalyGPT(imagebind_checkpoint=str(IMAGEBIND), **heads)
+        make_model(imagebind_checkpoint=str(IMAGEBIND), **heads)
     with pytest.raises(OptionError, match=r"anomalygpt_checkpoint not given.*trainable=\[decoder"):
-        AnomalyGPT(imagebind_checkpoint=str(IMAGEBIND), **heads, **HEAD, trainable=["prompt_learner"])
+        make_model(imagebind_checkpoint=str(IMAGEBIND), **heads, **HEAD, trainable=["prompt_learner"])
 
 
 def test_from_scratch_decoder_is_a_fresh_seeded_linear_of_the_imagebind_sizes(heads: dict[str, int]) -> None:
-    model = AnomalyGPT(imagebind_checkpoint=str(IMAGEBIND), **heads, trainable=["decoder"], seed=7)
+    model = make_model(imagebind_checkpoint=str(IMAGEBIND), **heads, trainable=["decoder"], seed=7)
     imagebind = torch.load(IMAGEBIND, weights_only=True)
     width = imagebind["modality_preprocessors.vision.rgbt_stem.proj.1.weight"].shape[0]
     embed = imagebind["modality_heads.vision.2.weight"].shape[0]
@@ -248,7 +247,7 @@ def test_from_scratch_decoder_is_a_fresh_seeded_linear_of_the_imagebind_sizes(he
 
 def test_from_scratch_prompt_learner_and_delta_match_the_released_format(heads: dict[str, int], tmp_path: Path) -> None:
     options = {"imagebind_checkpoint": str(IMAGEBIND), **heads, **HEAD, "trainable": ["decoder", "prompt_learner"]}
-    model = AnomalyGPT(**options, seed=5)
+    model = make_model(**options, seed=5)
     model.prepare(load_llm=True)
     prompts = model.model.llm_head.prompt_learner.base_prompts
     expected = torch.randn(prompts.shape, generator=torch.Generator().manual_seed(5)).to(prompts)
@@ -259,11 +258,11 @@ def test_from_scratch_prompt_learner_and_delta_match_the_released_format(heads: 
         k: (tuple(v.shape), v.dtype) for k, v in released.items()
     }
     path = model.save_anomalygpt_delta(tmp_path / "pytorch_model.pt")
-    reloaded = AnomalyGPT(imagebind_checkpoint=str(IMAGEBIND), anomalygpt_checkpoint=str(path), **heads)
+    reloaded = make_model(imagebind_checkpoint=str(IMAGEBIND), anomalygpt_checkpoint=str(path), **heads)
     for name, value in model.model.decoder.state_dict().items():
         torch.testing.assert_close(reloaded.model.decoder.state_dict()[name], value.half().float())
 
-    restored = AnomalyGPT(**options, seed=5)  # trained weights waiting for the head are not redrawn
+    restored = make_model(**options, seed=5)  # trained weights waiting for the head are not redrawn
     restored.model.pending_head_state = {"prompt_learner.base_prompts": torch.zeros_like(prompts)}
     restored.prepare(load_llm=True)
     assert not restored.model.llm_head.prompt_learner.base_prompts.any()
@@ -308,12 +307,12 @@ def test_paper_training_config_runs_one_step_on_cpu_and_its_checkpoint_tests_per
     instruction_json.write_text(json.dumps([{"image": str(image), "conversations": turns}]))
     common = [
         *resolve_config_flags(["--config", "paper/mvtec_train"]),  # the packaged config, named as the README does
-        f"--model.imagebind_checkpoint={IMAGEBIND}",
-        f"--model.vision_heads={heads['vision_heads']}",
-        f"--model.text_heads={heads['text_heads']}",
-        f"--model.llm={HEAD['llm']}",
-        f"--model.pandagpt_checkpoint={HEAD['pandagpt_checkpoint']}",
-        f"--model.instruction_data={instruction_json}",
+        f"--model.weights.imagebind_checkpoint={IMAGEBIND}",
+        f"--model.weights.vision_heads={heads['vision_heads']}",
+        f"--model.weights.text_heads={heads['text_heads']}",
+        f"--model.weights.llm={HEAD['llm']}",
+        f"--model.weights.pandagpt_checkpoint={HEAD['pandagpt_checkpoint']}",
+        f"--model.training.instruction_data={instruction_json}",
         "--trainer.precision=32",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
@@ -384,14 +383,14 @@ def test_paper_protocol_trains_with_the_dataset_s_class_name_and_tests_with_the_
     from anomalib_agpt.explanation.questions import paper_class_name
 
     seen: list[tuple[str | None, Any]] = []
-    make = lightning_model.training_losses
+    make = fitting.training_losses
 
     def spy(model: Any, images: torch.Tensor, paths: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append((model.class_name, settings))
         return make(model, images, paths, settings, *args, **kwargs)
 
-    monkeypatch.setattr(lightning_model, "training_losses", spy)
-    model = AnomalyGPT(**weights, trainable=["decoder"], protocol="paper")
+    monkeypatch.setattr(fitting, "training_losses", spy)
+    model = make_model(**weights, trainable=["decoder"], protocol="paper")
     engine = Engine(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, **QUIET)
     engine.fit(model=model, datamodule=datamodule_of(data_root))
     evaluated = paper_class_name(model.asked_question(CATEGORY))

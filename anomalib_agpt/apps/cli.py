@@ -9,6 +9,7 @@ anomalib run leaves the results folder as it found it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -116,6 +117,7 @@ def run_anomalib(args: list[str]) -> None:
     for handler in list(root_logger.handlers):  # configure_logger adds a rich handler beside basicConfig's: one copy
         if type(handler) is logging.StreamHandler:
             root_logger.removeHandler(handler)
+    reject_flat_model_options(args)
     cli = _cli_class()(args=args, run=False)
     if cli.subcommand not in ENGINE_COMMANDS:
         cli._run_subcommand()
@@ -124,6 +126,35 @@ def run_anomalib(args: list[str]) -> None:
     with restored_on_failure(root):
         cli._run_subcommand()
     report_outputs(cli)
+
+
+def reject_flat_model_options(args: Sequence[str]) -> None:
+    """Refuse AnomalyGPT's flat options (before 0.3) on the command line or in a ``--config`` file, naming their place.
+
+    jsonargparse would reject them too, in a page of text that never says where they went.
+    """
+    import yaml
+
+    from anomalib_agpt.errors import OptionError
+    from anomalib_agpt.module.legacy_options import flat_options_in_args, flat_options_in_config, moved_message
+
+    flat = flat_options_in_args(args)
+    if flat:
+        raise OptionError(moved_message(flat, "--model."))
+    configs = [value for flag, value in itertools.pairwise(args) if flag in {"--config", "-c"}]
+    configs += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for config in configs:
+        path = Path(config)
+        if not path.is_file():
+            continue  # jsonargparse says so
+        try:
+            parsed = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # jsonargparse says what is wrong with it
+        flat = flat_options_in_config(parsed) if isinstance(parsed, dict) else []
+        if flat:
+            msg = f"{path}: " + moved_message(flat, "model.init_args.")
+            raise OptionError(msg)
 
 
 def _cli_class() -> type:

@@ -140,11 +140,9 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
     config.models = [TRAINED, few_shot, "Patchcore"]
     config.model_options = {
         TRAINED: {
-            "llm": llm,
-            "explain": True,
-            "trainable": ["decoder", "prompt_learner", "llama_proj", "lora"],
-            "question": DEMO_QUESTION,
-            "max_new_tokens": 28,
+            "weights": {"llm": llm},
+            "explanation": {"explain": True, "question": DEMO_QUESTION, "decoding": {"max_new_tokens": 28}},
+            "training": {"trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]},
         },
     }
     return config

@@ -18,11 +18,14 @@ def list_reference_images(folder: str | Path, k_shot: int) -> list[Path]:
     """The first ``k_shot`` image files of ``folder`` in sorted order; refuses a short or empty set."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        msg = f"few_shot_source='{folder}' is not a folder of normal reference images."
+        msg = f"few_shot.source='{folder}' is not a folder of normal reference images."
         raise MissingFileError(msg)
     images = sorted(path for path in folder.iterdir() if path.is_file() and is_image_file(path))
     if len(images) < k_shot:
-        msg = f"few_shot_source='{folder}' holds {len(images)} image(s); k_shot={k_shot} needs at least {k_shot}."
+        msg = (
+            f"few_shot.source='{folder}' holds {len(images)} image(s); few_shot.k_shot={k_shot} needs at least "
+            f"{k_shot}."
+        )
         raise OptionError(msg)
     return images[:k_shot]
 
@@ -41,13 +44,18 @@ def round_reference_images(root: str | Path, category: str, family: str, k_shot:
         paths = [folder / f"{start + j:03d}.png" for j in range(k_shot)]
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:
-            msg = f"reference_round={round_} with k_shot={k_shot} needs {', '.join(missing)}, which do not exist."
+            msg = (
+                f"few_shot.reference_round={round_} with k_shot={k_shot} needs {', '.join(missing)}, "
+                "which do not exist."
+            )
             raise MissingFileError(msg)
         return paths
     if family == "visa":
         table = root / "split_csv" / "1cls.csv"
         if not table.is_file():
-            msg = f"reference_round={round_} on VisA reads '{table}' (VisA's split file), which does not exist."
+            msg = (
+                f"few_shot.reference_round={round_} on VisA reads '{table}' (VisA's split file), which does not exist."
+            )
             raise MissingFileError(msg)
         with table.open(newline="") as file:
             rows = [
@@ -56,12 +64,12 @@ def round_reference_images(root: str | Path, category: str, family: str, k_shot:
         chosen = rows[start : start + k_shot]
         if len(chosen) < k_shot:
             msg = (
-                f"reference_round={round_} with k_shot={k_shot} needs train rows {start}..{start + k_shot - 1} of "
-                f"'{category}' in '{table}'; it has {len(rows)}."
+                f"few_shot.reference_round={round_} with k_shot={k_shot} needs train rows "
+                f"{start}..{start + k_shot - 1} of '{category}' in '{table}'; it has {len(rows)}."
             )
             raise OptionError(msg)
         return [root / row["image"] for row in chosen]
-    msg = f"reference_round={round_} picks references of MVTec AD or VisA only; this datamodule is neither."
+    msg = f"few_shot.reference_round={round_} picks references of MVTec AD or VisA only; this datamodule is neither."
     raise OptionError(msg)
 
 

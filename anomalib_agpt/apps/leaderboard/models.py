@@ -78,15 +78,21 @@ def build_model(name: str, config: LeaderboardConfig, category: str, seed: int) 
 
 
 def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed: int, extra: dict) -> BuiltModel:
-    """AnomalyGPT k-shot (set up in ``fit``) or full-shot (decoder trained on the normal images)."""
-    from anomalib_agpt.model.lightning_model import AnomalyGPT
+    """AnomalyGPT k-shot (set up in ``fit``) or full-shot (decoder trained on the normal images).
 
-    explain = config.llm is not None
+    ``extra`` (the YAML's ``model_options``) takes the constructor's form: a group given as a mapping updates
+    the cell's group field by field (``{weights: {pandagpt_checkpoint: other.pt}}``).
+    """
+    from anomalib_agpt.module.legacy_options import reject_flat_options
+    from anomalib_agpt.module.lightning_model import AnomalyGPT
+    from anomalib_agpt.module.options import merged_options
+
+    reject_flat_options(extra)
     if config.random_anomalygpt:
-        options: dict[str, Any] = {"preset": "random-small", "seed": seed}
+        weights: dict[str, Any] = {"preset": "random-small", "seed": seed}
         notes = "random weights (random-small preset)"
     else:
-        options = {
+        weights = {
             "imagebind_checkpoint": config.imagebind_checkpoint,
             "anomalygpt_checkpoint": config.anomalygpt_checkpoint,
             "vision_heads": config.vision_heads,
@@ -94,34 +100,38 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
             "seed": seed,
         }
         notes = ""
-    if explain:
+    options: dict[str, Any] = {"weights": weights, "protocol": config.protocol}
+    if config.llm is not None:
         # The PandaGPT delta travels with the LLM: explain=True refuses an LLM without it (llama_proj, LoRA).
-        options.update({"llm": config.llm, "pandagpt_checkpoint": config.pandagpt_checkpoint, "explain": True})
+        weights.update({"llm": config.llm, "pandagpt_checkpoint": config.pandagpt_checkpoint})
+        options["explanation"] = {"explain": True}
     trainer: dict[str, Any] = {}
     if shots == "full":
-        options["trainable"] = ["decoder"]
+        options["training"] = {"trainable": ["decoder"]}
         trainer = {"max_epochs": config.epochs, "check_val_every_n_epoch": config.epochs}
     else:
-        options["k_shot"] = int(shots)
-    options["protocol"] = config.protocol
-    options.update(extra)
+        options["few_shot"] = {"k_shot": int(shots)}
+    options = merged_options(options, extra)
     options.setdefault("visualizer", config.visualize)
-    evaluator = AnomalyGPT.configure_evaluator(explain=bool(options.get("explain")), accuracy_rule=options["protocol"])
+    explain = bool((options.get("explanation") or {}).get("explain"))
+    evaluator = AnomalyGPT.configure_evaluator(explain=explain, accuracy_rule=options["protocol"])
     options.setdefault("evaluator", _evaluator(evaluator))
     del category  # the class name follows the datamodule's category
-    notes = "; ".join(note for note in (notes, *_anomalygpt_notes(options)) if note)
-    return BuiltModel(AnomalyGPT(**options), notes=notes, trainer_options=trainer)
+    model = AnomalyGPT(**options)
+    notes = "; ".join(note for note in (notes, *_anomalygpt_notes(model)) if note)
+    return BuiltModel(model, notes=notes, trainer_options=trainer)
 
 
-def _anomalygpt_notes(options: dict[str, Any]) -> list[str]:
+def _anomalygpt_notes(model: Any) -> list[str]:  # noqa: ANN401 - an AnomalyGPT
     """What the table should say about an AnomalyGPT cell: what trains and which LLM explains."""
     notes = []
-    trainable = options.get("trainable") or ()
+    trainable = model.training_options.parts
     if trainable:
         notes.append(f"trained: {', '.join(trainable)}")
-    if options.get("explain") and options.get("llm"):
-        notes.append(f"explains with {Path(str(options['llm'])).stem}")
-    if options.get("protocol") == "paper":
+    llm = model.weight_options.llm
+    if model.explain and llm:
+        notes.append(f"explains with {Path(str(llm)).stem}")
+    if model.protocol == "paper":
         notes.append("paper protocol")
     return notes
 

@@ -1,6 +1,6 @@
 """Request handlers of the web demo: an image (+ references, class name, question) in; map, mask, score, answer out.
 
-They sit on :class:`~anomalib_agpt.explanation.chat.AnomalyGPTChat` and need no web library, so the page's behaviour
+They sit on :class:`~anomalib_agpt.module.chat.AnomalyGPTChat` and need no web library, so the page's behaviour
 is tested without a browser. Every handler returns an :class:`Analysis`: bad input becomes its
 ``message`` (never an exception or a stack trace), so one bad request cannot take the server down.
 
@@ -44,11 +44,11 @@ from anomalib_agpt.callbacks.visualizer import Verdict, score_threshold, score_v
 from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME, category_to_class_name
 from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import AnomalyGPTError, OptionError
-from anomalib_agpt.explanation.chat import AnomalyGPTChat
 from anomalib_agpt.explanation.questions import default_question
-from anomalib_agpt.model.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
 from anomalib_agpt.model.pre_processing import visible_region
 from anomalib_agpt.model.references import load_reference_images
+from anomalib_agpt.module.chat import AnomalyGPTChat
+from anomalib_agpt.module.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from typing import Any
 from anomalib.data.utils.image import is_image_file
 
 from anomalib_agpt.errors import MissingFileError, OptionError
-from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.module.lightning_model import AnomalyGPT
+from anomalib_agpt.module.options import DecodingOptions, ExplanationOptions, FewShotOptions, WeightOptions
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +84,12 @@ def load_served_model(options: ModelOptions) -> ServedModel:
         if not Path(options.checkpoint).expanduser().is_file():
             msg = f"--checkpoint '{options.checkpoint}' does not exist (a Lightning .ckpt, e.g. from fit or the demo)."
             raise MissingFileError(msg)
-        overrides = _given(options, "imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
-        overrides |= _given(options, "llm", "pandagpt_checkpoint", "class_name", "max_new_tokens")
-        model = AnomalyGPT.load_from_checkpoint(options.checkpoint, map_location="cpu", **overrides)
+        model = AnomalyGPT.load_from_checkpoint(options.checkpoint, map_location="cpu", **_grouped(options))
         served = ServedModel(model, f"Model: trained checkpoint `{Path(options.checkpoint).name}`.")
     else:
-        weights = _given(options, "imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
-        weights |= _given(options, "llm", "pandagpt_checkpoint", "class_name", "max_new_tokens")
-        model = AnomalyGPT(**weights)
-        names = [Path(str(weights.get(k, "?"))).name for k in ("imagebind_checkpoint", "anomalygpt_checkpoint")]
+        model = AnomalyGPT(**_grouped(options))
+        weights = model.weight_options
+        names = [Path(str(path)).name for path in (weights.imagebind_checkpoint, weights.anomalygpt_checkpoint)]
         served = ServedModel(model, f"Model: AnomalyGPT weights `{names[0]}` + `{names[1]}`.")
     if options.examples:
         served.example_folder = Path(options.examples).expanduser().resolve()
@@ -126,13 +124,13 @@ def demo_preset(options: ModelOptions) -> ServedModel:
     )
     llm, llm_name = demo_llm(demo_dir, options.seed)
     model = AnomalyGPT(
-        preset="random-small",
-        seed=options.seed,
-        k_shot=DEMO_K_SHOT,
+        weights=WeightOptions(preset="random-small", seed=options.seed, llm=llm),
+        few_shot=FewShotOptions(k_shot=DEMO_K_SHOT),
+        explanation=ExplanationOptions(
+            untrained_head_parts=["llama_proj", "prompt_learner"],  # SmolLM2 has no released adapter
+            decoding=DecodingOptions(max_new_tokens=options.max_new_tokens or DEMO_MAX_NEW_TOKENS),
+        ),
         class_name=DEMO_CATEGORY,
-        llm=llm,
-        untrained_head_parts=["llama_proj", "prompt_learner"],  # SmolLM2 has no released adapter
-        max_new_tokens=options.max_new_tokens or DEMO_MAX_NEW_TOKENS,
     )
     datamodule = MVTecAD(root=root, category=DEMO_CATEGORY, eval_batch_size=8, num_workers=0)
     engine = Engine(
@@ -166,6 +164,18 @@ def example_rows(folder: Path, class_name: str) -> list[list[str]]:
 
 def _given(options: ModelOptions, *names: str) -> dict[str, Any]:
     return {name: getattr(options, name) for name in names if getattr(options, name) is not None}
+
+
+def _grouped(options: ModelOptions) -> dict[str, Any]:
+    """The page's options in the constructor's groups (only those given: a checkpoint's saved ones stay)."""
+    grouped: dict[str, Any] = {}
+    weights = _given(options, "imagebind_checkpoint", "anomalygpt_checkpoint", "vision_heads", "text_heads")
+    weights |= _given(options, "llm", "pandagpt_checkpoint")
+    if weights:
+        grouped["weights"] = weights
+    if options.max_new_tokens is not None:
+        grouped["explanation"] = {"decoding": {"max_new_tokens": options.max_new_tokens}}
+    return grouped | _given(options, "class_name")
 
 
 def _mode(model: AnomalyGPT) -> str:

@@ -10,7 +10,7 @@ from anomalib.data import InferenceBatch
 from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.conversation import multi_turn_prompt
-from anomalib_agpt.model.lightning_model import AnomalyGPT
+from anomalib_agpt.module.lightning_model import AnomalyGPT
 
 
 class AnomalyGPTChat:

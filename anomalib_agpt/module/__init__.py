@@ -1,0 +1,1 @@
+"""The anomalib face: the ``AnomalyGPT`` Lightning module and its typed option groups, on top of the house."""
