@@ -30,10 +30,11 @@ def fit_and_measure(name: str, options: dict[str, Any], root: Path, data: Path, 
     from lightning.pytorch import seed_everything
 
     from anomalib_agpt import AnomalyGPT
+    from anomalib_agpt.module.legacy_options import group_flat_options
 
     seed_everything(0)
     datamodule = MVTecAD(root=data, category="washer", train_batch_size=2, eval_batch_size=4, num_workers=0)
-    model = AnomalyGPT(**options)
+    model = AnomalyGPT(**group_flat_options(options))
     engine = Engine(
         default_root_dir=root / name,
         logger=False,

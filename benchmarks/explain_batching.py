@@ -22,8 +22,10 @@ from _setup import fixture_weights, random_llm_weights, round_robin, rounds_note
 def measure(weights: dict, args: argparse.Namespace) -> tuple[dict, int]:
     """(round-robin timings of ``batched`` and ``one-by-one``, parameters of the LLM)."""
     from anomalib_agpt import AnomalyGPT
+    from anomalib_agpt.module.legacy_options import group_flat_options
 
-    model = AnomalyGPT(**weights, explain=True, max_new_tokens=args.tokens, class_name="bottle")
+    options = {**weights, "explain": True, "max_new_tokens": args.tokens, "class_name": "bottle"}
+    model = AnomalyGPT(**group_flat_options(options))
     model = model.to(args.device).eval()
     head = model.model.ensure_llm_head()
     parameters = sum(p.numel() for p in head.llm.parameters())

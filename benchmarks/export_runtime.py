@@ -65,10 +65,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     from anomalib_agpt import AnomalyGPT
+    from anomalib_agpt.module.legacy_options import group_flat_options
 
     images = torch.rand(args.batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
-        model = AnomalyGPT(**random_sized_weights("small", Path(folder) / "weights"), class_name="bottle").eval()
+        weights = random_sized_weights("small", Path(folder) / "weights")
+        model = AnomalyGPT(**group_flat_options(weights), class_name="bottle").eval()
         xml = model.to_openvino(Path(folder) / "export")
 
         def eager() -> dict[str, np.ndarray]:

@@ -35,8 +35,10 @@ LLM_SIZE = {"hidden": 512, "layers": 8, "heads": 8, "mlp": 1376}
 def load_explainer(weights: dict, device: torch.device, **options: object) -> tuple[object, float, int]:
     """``(AnomalyGPT with its LLM loaded, load seconds, CUDA bytes the load added)``."""
     from anomalib_agpt import AnomalyGPT
+    from anomalib_agpt.module.legacy_options import group_flat_options
 
-    model = AnomalyGPT(**weights, explain=True, class_name="bottle", **options).to(device).eval()
+    flat = {**weights, "explain": True, "class_name": "bottle", **options}
+    model = AnomalyGPT(**group_flat_options(flat)).to(device).eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
