@@ -41,6 +41,10 @@ MODULES_OF_0_1 = (
     "serve.handlers",
     "serve.models",
 )
+# Module paths of 0.2 that moved in 0.3 (the face on top, weight files at the bottom).
+MODULES_OF_0_2 = ("model.lightning_model", "model.checkpoints", "explanation.chat")
+# The floors of the house, ground first: a module imports only from its own floor or below.
+FLOORS = ("errors", "weights", "data", "explanation", "callbacks", "model", "training", "module", "apps")
 
 
 def test_every_module_starts_with_a_one_line_purpose() -> None:
@@ -77,11 +81,59 @@ def test_user_facing_names_import_from_their_documented_paths() -> None:
     assert resolve_original_class_name("a photo of a cable") == "cable"
 
 
+@pytest.mark.parametrize("name", MODULES_OF_0_2)
+def test_module_paths_of_0_2_give_the_moved_modules(name: str) -> None:
+    old = importlib.import_module(f"anomalib_agpt.{name}")
+    assert old.__name__ != f"anomalib_agpt.{name}"
+    assert old is importlib.import_module(old.__name__)
+
+
 def test_moved_table_covers_exactly_what_moved() -> None:
-    targets = {MOVED[f"anomalib_agpt.{name}"] for name in MODULES_OF_0_1 if f"anomalib_agpt.{name}" in MOVED}
-    assert len(targets) == len(MOVED)
+    old_paths = {f"anomalib_agpt.{name}" for name in (*MODULES_OF_0_1, *MODULES_OF_0_2)}
+    assert set(MOVED) <= old_paths
     for target in MOVED.values():
         assert importlib.util.find_spec(target) is not None, target
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The ``anomalib_agpt`` floors a module imports (top-level and lazy imports alike)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "anomalib_agpt" and len(parts) > 1 and parts[1] in FLOORS:
+                found.add(parts[1])
+    return found
+
+
+def test_every_import_runs_down_the_floors() -> None:
+    """The face on top, then training, the tensor path, callbacks, the explanation head, data, weight files."""
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        floor = relative.parts[0].removesuffix(".py")
+        if floor not in FLOORS:
+            continue  # the package's face and _moved.py hand names on
+        upward += [
+            f"{relative} imports anomalib_agpt.{other}"
+            for other in _imported_packages(path)
+            if FLOORS.index(other) > FLOORS.index(floor)
+        ]
+    assert upward == []
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
 
 
 def test_importing_the_package_loads_no_application() -> None:
