@@ -19,7 +19,9 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.apps.serve import ServeSession
-from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, MB, SCORES_ONLY_MESSAGE, limit_pil_decoding
+from anomalib_agpt.apps.serve.display import DISPLAY_SIDE
+from anomalib_agpt.apps.serve.handlers import SCORES_ONLY_MESSAGE
+from anomalib_agpt.apps.serve.uploads import MB, limit_pil_decoding
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 
 from .conftest import FIXTURES, PANDAGPT_DELTA
