@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 from anomalib import LearningType
-from anomalib_agpt.explanation.chat import AnomalyGPTChat
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 from anomalib_agpt.explanation.llm_head import MAX_TRAINING_TEXT_TOKENS
+from anomalib_agpt.module.chat import AnomalyGPTChat
 from anomalib_agpt.weights.checkpoints import CheckpointError
 
 from .conftest import FIXTURES, PANDAGPT_DELTA, make_model

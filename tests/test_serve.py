@@ -19,7 +19,9 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.apps.serve import ServeSession
-from anomalib_agpt.apps.serve.handlers import DISPLAY_SIDE, MB, SCORES_ONLY_MESSAGE, limit_pil_decoding
+from anomalib_agpt.apps.serve.display import DISPLAY_SIDE
+from anomalib_agpt.apps.serve.handlers import SCORES_ONLY_MESSAGE
+from anomalib_agpt.apps.serve.uploads import MB, limit_pil_decoding
 from anomalib_agpt.explanation.conversation import default_question, is_anomalous_answer, multi_turn_prompt
 
 from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
@@ -192,7 +194,7 @@ def test_scores_only_mode_shows_map_and_says_explanations_need_an_llm(
 
 def test_chat_without_llm_rescores_from_the_kept_features(scores_only: ServeSession, weights: dict[str, Any]) -> None:
     """The chat extension the page builds on: scores-only chats, and a new map without encoding again."""
-    from anomalib_agpt.explanation.chat import AnomalyGPTChat
+    from anomalib_agpt.module.chat import AnomalyGPTChat
 
     model = scores_only.model
     model.model.set_class_name("bottle")

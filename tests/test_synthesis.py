@@ -25,7 +25,6 @@ from anomalib_agpt.training.synthesis import (
     SynthesisSettings,
     SyntheticPairs,
     SyntheticSample,
-    _pick_source,
     answer_for,
     collate_pairs,
     object_settings,
@@ -34,6 +33,7 @@ from anomalib_agpt.training.synthesis import (
     synthesize,
     texture_settings,
 )
+from anomalib_agpt.training.synthetic_pairs import _pick_source
 
 SEEDS = st.integers(0, 2**32 - 1)
 SIDES = st.integers(64, 160)

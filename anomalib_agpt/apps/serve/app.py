@@ -23,14 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomalib_agpt.apps.options import CommandParser, add_llm_options, add_option, add_weight_options, fail
-from anomalib_agpt.apps.serve.handlers import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_UPLOAD_MB,
-    MB,
-    Analysis,
-    ServeSession,
-    limit_pil_decoding,
-)
+from anomalib_agpt.apps.serve.handlers import Analysis, ServeSession
+from anomalib_agpt.apps.serve.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, MB, limit_pil_decoding
 from anomalib_agpt.errors import OptionError
 
 if TYPE_CHECKING:

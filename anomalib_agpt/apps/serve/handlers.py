@@ -4,9 +4,8 @@ They sit on :class:`~anomalib_agpt.module.chat.AnomalyGPTChat` and need no web l
 is tested without a browser. Every handler returns an :class:`Analysis`: bad input becomes its
 ``message`` (never an exception or a stack trace), so one bad request cannot take the server down.
 
-Hostile uploads are refused before anything is decoded: a file over the size limit (``--max-upload-mb``)
-by its size, an image over the pixel limit (``--max-image-pixels``, decompression bombs included) by its
-header; :func:`limit_pil_decoding` makes PIL itself refuse to decode more.
+Uploads are checked (size, header) in :mod:`~anomalib_agpt.apps.serve.uploads` before anything is decoded,
+and the images the page shows are drawn in :mod:`~anomalib_agpt.apps.serve.display`.
 
 Verdicts are labelled with where they come from (:mod:`anomalib_agpt.callbacks.visualizer`'s rules):
 ``answer: ...`` from the model's first answer, ``score > threshold: ...`` from the image score, and the
@@ -19,7 +18,6 @@ reference images are encoded again only when they change.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -30,41 +28,52 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.visualization.image.functional import (
-    apply_colormap,
-    overlay_image,
-    overlay_images,
-    visualize_pred_mask,
-)
-from PIL import Image, UnidentifiedImageError
-from torch.nn import functional as F  # noqa: N812
 
+from anomalib_agpt.apps.serve.display import DISPLAY_SIDE, model_view, render, to_display
+from anomalib_agpt.apps.serve.uploads import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    MB,
+    BadInputError,
+    check_image_file,
+    file_digest,
+    limit_pil_decoding,
+    read_upload,
+)
 from anomalib_agpt.callbacks.visualizer import Verdict, score_threshold, score_verdict, verdicts
 from anomalib_agpt.data.class_names import DEFAULT_CLASS_NAME, category_to_class_name
-from anomalib_agpt.data.images import read_rgb_image
 from anomalib_agpt.errors import AnomalyGPTError, OptionError
 from anomalib_agpt.explanation.questions import default_question
-from anomalib_agpt.model.pre_processing import visible_region
 from anomalib_agpt.model.references import load_reference_images
 from anomalib_agpt.module.chat import AnomalyGPTChat
-from anomalib_agpt.module.lightning_model import DEFAULT_IMAGE_SIZE, AnomalyGPT
+from anomalib_agpt.module.lightning_model import AnomalyGPT
+
+__all__ = [
+    "CACHE_SIZE",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DISPLAY_SIDE",
+    "MAX_CLASS_NAME_CHARS",
+    "MAX_QUESTION_CHARS",
+    "MAX_REFERENCES",
+    "MB",
+    "SCORES_ONLY_MESSAGE",
+    "Analysis",
+    "BadInputError",
+    "History",
+    "ServeSession",
+    "limit_pil_decoding",
+]
+"""The handlers' names, and the upload limits, ``BadInputError``, ``DISPLAY_SIDE`` and ``limit_pil_decoding``
+that moved to :mod:`.uploads` and :mod:`.display` but are still imported from here."""
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
-"""Largest upload (width x height) decoded: 25 MP, ~300 MB as a float tensor on the way to 224 x 224."""
-DEFAULT_MAX_UPLOAD_MB = 20.0
-"""Largest uploaded file, in MB (:data:`MB` bytes each, as Gradio counts them)."""
-MB = 1024 * 1024
-DISPLAY_SIDE = 448
-"""Long side of the images shown on the page."""
 MAX_QUESTION_CHARS = 1000
 MAX_CLASS_NAME_CHARS = 64
 MAX_REFERENCES = 16
 CACHE_SIZE = 8
 """Encoded images kept for follow-up questions."""
-HEATMAP_ALPHA = 0.5
 
 SCORES_ONLY_MESSAGE = (
     "Scores only: no LLM is configured, so there is no answer. Explanations need an LLM: start the server "
@@ -73,10 +82,6 @@ SCORES_ONLY_MESSAGE = (
 
 History = list[tuple[str, str]]
 _CLASS_NAME = re.compile(r"[\w .\-]+")
-
-
-class BadInputError(AnomalyGPTError, ValueError):
-    """Input the page explains to its user as a message (a missing, non-image or huge file, an empty question)."""
 
 
 @dataclass
@@ -140,125 +145,6 @@ class _Encoded:
     chat: AnomalyGPTChat
     view: np.ndarray
     context: tuple[str | None, tuple[str, ...]]
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a file: the cache key of an upload (gradio gives each upload a new path)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def limit_pil_decoding(max_pixels: int) -> None:
-    """Make PIL refuse to open images over ``max_pixels`` pixels (x 2) in this process: decompression bombs.
-
-    The handlers already refuse larger images from their header; this also covers any other decoder call.
-    PIL warns above ``Image.MAX_IMAGE_PIXELS`` and raises ``DecompressionBombError`` above twice that. The
-    setting is process-wide, so the server (``serve``), not :class:`ServeSession`, makes it.
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-def check_image_file(
-    path: str | Path | None,
-    max_pixels: int,
-    what: str = "image",
-    max_bytes: int | None = None,
-) -> Path:
-    """The upload as a path, after checking its size and header (nothing decoded yet): a sane image within limits."""
-    if path is None or not str(path).strip():
-        msg = f"No {what}: upload one or pick an example."
-        raise BadInputError(msg)
-    path = Path(path)
-    if not path.is_file():
-        msg = f"The {what} '{path.name}' did not arrive; upload it again."
-        raise BadInputError(msg)
-    size = path.stat().st_size
-    if max_bytes is not None and size > max_bytes:
-        msg = (
-            f"The {what} '{path.name}' is {size / MB:.3g} MB; this server accepts files up to "
-            f"{max_bytes / MB:.3g} MB (--max-upload-mb). Nothing was opened: upload a smaller file."
-        )
-        raise BadInputError(msg)
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as error:
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        declared = f"declares {int(found.group(1)) / 1e6:.1f} megapixels" if found else "declares too many pixels"
-        msg = (
-            f"The {what} '{path.name}' {declared} (a decompression bomb?); this server accepts up to "
-            f"{max_pixels / 1e6:.1f} megapixels (--max-image-pixels). Nothing was decoded."
-        )
-        raise BadInputError(msg) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        msg = f"'{path.name}' is not an image file this page can read; upload a PNG, JPEG, BMP, TIFF or WebP image."
-        raise BadInputError(msg) from error
-    if width * height > max_pixels:
-        msg = (
-            f"The {what} '{path.name}' is {width} x {height} = {width * height / 1e6:.1f} megapixels; this server "
-            f"accepts up to {max_pixels / 1e6:.1f} megapixels (--max-image-pixels). The model sees 224 x 224 "
-            "pixels anyway: downscale it first."
-        )
-        raise BadInputError(msg)
-    return path
-
-
-def read_upload(path: Path) -> torch.Tensor:
-    """Decode a checked upload as a ``(3, H, W)`` tensor in [0, 1]; a corrupt file is bad input."""
-    try:
-        return read_rgb_image(path)
-    except ValueError as error:
-        raise BadInputError(str(error)) from error
-
-
-def model_view(image: torch.Tensor, resize_mode: str, side: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
-    """The part of ``(3, H, W)`` the model sees (the pre-processing's own geometry), at the upload's resolution."""
-    top, left, height, width = visible_region(*image.shape[-2:], side, crop=resize_mode == "crop")
-    return image[:, top : top + height, left : left + width]
-
-
-def display_size(height: int, width: int, side: int = DISPLAY_SIDE) -> tuple[int, int]:
-    """``(h, w)`` with the long side ``side`` and the aspect ratio kept."""
-    scale = side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def to_display(view: torch.Tensor) -> np.ndarray:
-    """A ``(3, H, W)`` view in [0, 1] as an RGB uint8 array of :func:`display_size`."""
-    size = display_size(*view.shape[-2:])
-    resized = F.interpolate(view[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    return (resized.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-
-def render(
-    view: np.ndarray,
-    scores: InferenceBatch,
-    stretch: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heatmap overlay, mask overlay and the mask itself, at the size of ``view``, with anomalib's drawing.
-
-    ``stretch`` spreads the colours over this image's own range: without fitted thresholds the raw map
-    of a few-shot model can span 0.0-0.1, which would be one flat colour on an absolute scale.
-    """
-    size = view.shape[:2]
-    anomaly_map = scores.anomaly_map.detach().float().cpu().reshape(1, 1, *scores.anomaly_map.shape[-2:])
-    values = F.interpolate(anomaly_map, size=size, mode="bilinear", align_corners=False)[0, 0]
-    if stretch:
-        low, high = values.min(), values.max()
-        values = (values - low) / (high - low) if high > low else torch.zeros_like(values)
-    levels = (values.clamp(0, 1) * 255).round().byte().numpy()
-    base = Image.fromarray(view)
-    heatmap = overlay_image(base, apply_colormap(Image.fromarray(levels, mode="L")), alpha=HEATMAP_ALPHA)
-    pred_mask = scores.pred_mask if scores.pred_mask is not None else scores.anomaly_map > 0.5
-    pred_mask = pred_mask.detach().float().cpu().reshape(1, 1, *pred_mask.shape[-2:])
-    mask = F.interpolate(pred_mask, size=size, mode="nearest")[0, 0] > 0.5
-    fill = visualize_pred_mask(mask, mode="fill", alpha=0.4)
-    outline = visualize_pred_mask(mask, mode="contour")
-    drawn = overlay_images(base, [fill, outline], alpha=1.0)
-    return np.asarray(heatmap.convert("RGB")), np.asarray(drawn.convert("RGB")), mask.numpy()
 
 
 class ServeSession:
