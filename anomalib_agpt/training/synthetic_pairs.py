@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 
 from anomalib_agpt.errors import OptionError, OptionTypeError
 from anomalib_agpt.explanation.conversation import NORMAL_ANSWER
-from anomalib_agpt.training.synthesis import synthesize
 from anomalib_agpt.training.synthesis_settings import SynthesisSettings
+from anomalib_agpt.training.synthetic_anomalies import synthesize
 
 
 def _item_image(item: Any) -> torch.Tensor:  # noqa: ANN401 - any dataset item type is accepted
