@@ -290,3 +290,12 @@ def test_relative_paths_are_looked_up_in_the_weights_home(
     report = describe("imagebind.pth")
     assert report.kind == cw.IMAGEBIND, report.error
     assert f"found at {IMAGEBIND}" in report.details
+
+
+def test_lightning_checkpoint_written_before_the_option_groups() -> None:
+    """A 0.2 checkpoint (flat hyper-parameters) is read through the same translation as loading uses."""
+    report = describe(Path(__file__).parent / "fixtures" / "checkpoints_v0_3" / "trained_explain_1shot.ckpt")
+    assert report.kind == cw.LIGHTNING
+    assert report.sizes["k_shot"] == 1
+    assert "model.decoder" in report.sizes["trained_parts"]
+    assert any("weights.imagebind_checkpoint=" in line for line in report.details)
