@@ -1,4 +1,4 @@
-"""Datasets and image reading: :mod:`anomalib_agpt.data.synthetic` (tests, demos), :mod:`anomalib_agpt.data.images`."""
+"""Datasets, image reading and class names: the data everything above reads (synthetic sets, images, categories)."""
 
 from anomalib_agpt.data.images import PredictImages, geometry_warning, read_rgb_image
 from anomalib_agpt.data.multi_category import MultiCategory

@@ -1,1 +1,1 @@
-"""The explanation head: where an answer is made (LLM, prompt learner, conversation, chat, answer metrics)."""
+"""The explanation head: where an answer is made (LLM, prompt learner, conversation, positions, answer metrics)."""

@@ -1,1 +1,1 @@
-"""The anomalib model and its tensor path: where an image goes (weights, encoder, pre-processing, maps, score)."""
+"""The tensor path: where an image goes (encoder, pre-processing, maps, score), composing the explanation head."""
