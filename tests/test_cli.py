@@ -98,7 +98,7 @@ def test_stock_cli_fit_writes_checkpoint_and_config(cli_fit: dict[str, Path]) ->
     assert cli_fit["ckpt"].stat().st_size < 1_000_000  # no frozen weights
     config = yaml.safe_load((cli_fit["version"] / "config.yaml").read_text())
     assert config["model"]["class_path"] == "anomalib_agpt.AnomalyGPT"
-    assert config["model"]["init_args"]["k_shot"] == 1
+    assert config["model"]["init_args"]["few_shot"]["k_shot"] == 1
 
 
 def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
@@ -284,10 +284,8 @@ def test_explain_predict_writes_jsonl_from_the_cli(cli_fit: dict[str, Path], wei
     # the same checkpoint and options in-process: scores, maps and answers per image
     restored = AnomalyGPT.load_from_checkpoint(
         cli_fit["ckpt"],
-        explain=True,
-        llm=str(FIXTURES / "vicuna"),
-        pandagpt_checkpoint=str(PANDAGPT_DELTA),
-        max_new_tokens=8,
+        weights={"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)},
+        explanation={"explain": True, "decoding": {"max_new_tokens": 8}},
     ).eval()
     for record in map(json.loads, lines):
         pixels = image_batch(Path(record["image_path"]))

@@ -165,7 +165,11 @@ def test_anomalygpt_notes_say_what_trains_and_explains(tmp_path: Path) -> None:
     from anomalib_agpt.model.presets import write_tiny_llm
 
     llm = write_tiny_llm(tmp_path / "tiny_llm", 0)
-    options = {"llm": str(llm), "explain": True, "trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]}
+    options = {
+        "weights": {"llm": str(llm)},
+        "explanation": {"explain": True},
+        "training": {"trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]},
+    }
     config = leaderboard.LeaderboardConfig(output=tmp_path, model_options={"AnomalyGPT-fullshot": options})
     built = leaderboard.build_model("AnomalyGPT-fullshot", config, "weave", 0)
     trained = "trained: decoder, prompt_learner, llama_proj, lora"

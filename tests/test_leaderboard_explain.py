@@ -151,7 +151,7 @@ def test_pandagpt_checkpoint_reaches_every_anomalygpt_cell(monkeypatch: pytest.M
         spec = leaderboard.build_model(name, config, "tablet", 0).model.model.llm_spec
         assert spec.llm == str(VICUNA)
         assert spec.pandagpt_checkpoint == str(PANDAGPT_DELTA)
-    config.model_options = {"AnomalyGPT-1shot": {"pandagpt_checkpoint": "other.pt"}}
+    config.model_options = {"AnomalyGPT-1shot": {"weights": {"pandagpt_checkpoint": "other.pt"}}}
     assert leaderboard.build_model(
         "AnomalyGPT-1shot", config, "tablet", 0
     ).model.model.llm_spec.pandagpt_checkpoint == ("other.pt")

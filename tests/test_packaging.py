@@ -77,7 +77,7 @@ def test_installed_wheel_prints_a_packaged_config_by_name(wheel: Path, tmp_path:
     config = yaml.safe_load(printed.stdout)
     expected = yaml.safe_load((REPO / "configs" / "mvtec_few_shot.yaml").read_text())
     assert config["model"]["class_path"].endswith("AnomalyGPT")
-    assert config["model"]["init_args"]["k_shot"] == expected["model"]["init_args"]["k_shot"]
+    assert config["model"]["init_args"]["few_shot"]["k_shot"] == expected["model"]["init_args"]["few_shot"]["k_shot"]
     assert config["data"]["class_path"].endswith("MVTecAD")
 
 

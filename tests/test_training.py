@@ -100,7 +100,7 @@ def test_training_is_one_class_and_clips_gradients(weights: dict[str, Any]) -> N
 
 
 def test_llm_parts_need_the_head(weights: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"\['prompt_learner'\] belong to the explanation head; pass llm"):
+    with pytest.raises(ValueError, match=r"\['prompt_learner'\] belong to the explanation head; pass weights\.llm"):
         make_model(**weights, trainable=["decoder", "prompt_learner"])
 
 

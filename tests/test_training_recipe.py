@@ -286,10 +286,11 @@ def test_paper_training_configs_are_the_originals_recipe(
     assert stopped.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"]["init_args"]
-    assert model["anomalygpt_checkpoint"] is None
-    assert model["trainable"] == ["decoder", "prompt_learner"]
-    assert (model["learning_rate"], model["weight_decay"], model["warmup_ratio"]) == (1e-3, 1e-3, 0.1)
-    assert model["instruction_data"] is None  # the user's own copy, when they have one
+    assert model["weights"]["anomalygpt_checkpoint"] is None
+    training = model["training"]
+    assert training["trainable"] == ["decoder", "prompt_learner"]
+    assert (training["learning_rate"], training["weight_decay"], training["warmup_ratio"]) == (1e-3, 1e-3, 0.1)
+    assert training["instruction_data"] is None  # the user's own copy, when they have one
     data = printed["data"]
     assert data["class_path"] == "anomalib_agpt.data.MultiCategory"  # one model for all classes
     assert (data["init_args"]["dataset"], data["init_args"]["categories"]) == (dataset, None)

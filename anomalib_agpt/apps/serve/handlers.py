@@ -201,7 +201,7 @@ class ServeSession:
     # ----------------------------------------------------------------------------------------
     def question_for(self, class_name: str | None = None) -> str:
         """The question asked when the page's question box is empty: the model's, else the class's default."""
-        return self.model.question or default_question(self._class_name(class_name))
+        return self.model.explanation_options.question or default_question(self._class_name(class_name))
 
     def preview(self, image: str | Path | None) -> Analysis:
         """The uploaded image as the model will see it, or why it cannot be used (shown on upload)."""
