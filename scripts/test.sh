@@ -7,4 +7,5 @@ VENV="${VENV:-.venv}"
 export MALLOC_MMAP_THRESHOLD_=131072 HF_HUB_OFFLINE=1
 "$VENV"/bin/ruff check anomalib_agpt tests benchmarks
 "$VENV"/bin/ruff format --check anomalib_agpt tests benchmarks
-exec "$VENV"/bin/python -m pytest -q "$@"
+# One worker per core; a test file stays on one worker, so its module fixtures are built once.
+exec "$VENV"/bin/python -m pytest -q -rs -n 2 --dist loadfile "$@"

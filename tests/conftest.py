@@ -12,6 +12,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh runs one worker per core: one thread each
+    torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anomalygpt_reference"
 IMAGEBIND = FIXTURES / "imagebind.pth"
