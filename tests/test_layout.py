@@ -136,10 +136,13 @@ def test_no_module_is_over_500_lines() -> None:
     assert long == {}
 
 
-def test_importing_the_package_loads_no_application() -> None:
+def test_importing_the_package_loads_no_application_and_serve_no_gradio() -> None:
+    """One fresh process: the package alone imports no command; the web demo's modules import no Gradio."""
     code = (
         "import sys, anomalib_agpt; "
-        "print(sorted(m for m in sys.modules if m.startswith(('gradio', 'anomalib_agpt.apps'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('gradio', 'anomalib_agpt.apps')))); "
+        "import anomalib_agpt.apps.serve, anomalib_agpt.apps.serve.app, anomalib_agpt.apps.cli; "
+        "print('gradio' in sys.modules)"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert output.strip() == "[]"
+    assert output.split() == ["[]", "False"]

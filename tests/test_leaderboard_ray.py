@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason=
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"num_train": 4, "num_test_good": 2, "num_test_defect": 1, "image_size": 64}
 MODELS = ["AnomalyGPT-0shot", "AnomalyGPT-1shot"]
-CATEGORIES = ["weave", "washer"]
+CATEGORIES = ["weave"]  # two cells at once on the 2-CPU instance; each cell's row is checked on its own
 FAULTY_CELL = "tests.ray_helpers:faulty_cell"
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
 RAY_DAEMONS = {"raylet", "gcs_server"}
@@ -173,11 +173,11 @@ def test_resume_runs_only_missing_cells_with_either_executor(
     assert _row_count(output) == len(lines) - 1
     assert {row["status"] for row in _rows(output).values()} == {"ok"}
     printed = capsys.readouterr().out
-    assert "3 of 4 cells already done, 1 to run." in printed
+    assert "1 of 2 cells already done, 1 to run." in printed
     for executor in ("ray", "local"):
         leaderboard.run_leaderboard(_config(output, MODELS, executor=executor), show_outputs=False)
         printed = capsys.readouterr().out
-        assert "4 of 4 cells already done, 0 to run." in printed
+        assert "2 of 2 cells already done, 0 to run." in printed
         assert "Cells run as Ray tasks" not in printed  # nothing to run: Ray is not even asked
         assert _row_count(output) == len(lines) - 1
     assert len(list((output / "attempts").iterdir())) == 1
