@@ -26,7 +26,13 @@ from anomalib_agpt.data import make_synthetic_mvtec
 from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORY = "weave"
-ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+ENV = {  # the demo's own process settings, so it runs in the process started here instead of starting again
+    **os.environ,
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONWARNINGS": "ignore",
+    "TQDM_DISABLE": "1",
+}
 METRIC_ROW = re.compile(r"^\W*(\w+)\W+([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\W*$")
 """One row of Lightning's printed test-metric table: the metric's name and its value."""
 
@@ -41,6 +47,23 @@ def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, cwd=cwd, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def run_here(capsys: pytest.CaptureFixture[str], *args: str | Path, cwd: Path) -> str:
+    """``anomalib-agpt ARGS`` in this process (the console script's own ``main``); what it printed.
+
+    The console script itself is started as a process by the demo test and ``test_packaging.py``; here
+    the command's work is checked without paying another interpreter start and import of anomalib.
+    """
+    from anomalib_agpt.apps import cli
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        cli.main([str(arg) for arg in args])
+    finally:
+        os.chdir(previous)
+    return capsys.readouterr().out
 
 
 def printed_metrics(stdout: str) -> dict[str, float]:
@@ -96,10 +119,12 @@ def test_stock_cli_fit_writes_checkpoint_and_config(cli_fit: dict[str, Path]) ->
     assert config["model"]["init_args"]["few_shot"]["k_shot"] == 1
 
 
-def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+def test_short_name_test_reports_metrics(
+    cli_fit: dict[str, Path], weights: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The values ``anomalib-agpt test`` prints equal ``Engine.test`` run in-process on the same checkpoint."""
-    result = run(
-        script("anomalib-agpt"),
+    stdout = run_here(
+        capsys,
         "test",
         "--model",
         "AnomalyGPT",
@@ -117,7 +142,7 @@ def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict
         "false",
         cwd=cli_fit["work"],
     )
-    printed = printed_metrics(result.stdout)
+    printed = printed_metrics(stdout)
     in_process = Engine(
         default_root_dir=cli_fit["work"] / "test_in_process", logger=False, devices=1, enable_progress_bar=False
     ).test(
@@ -127,15 +152,17 @@ def test_short_name_test_reports_metrics(cli_fit: dict[str, Path], weights: dict
         verbose=False,
     )[0]
     assert set(in_process) == {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score"}
-    assert set(printed) == set(in_process), result.stdout[-3000:]
+    assert set(printed) == set(in_process), stdout[-3000:]
     for name, value in in_process.items():
         assert printed[name] == pytest.approx(value, abs=1e-6), name
 
 
-def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+def test_short_name_predict_folder_and_export(
+    cli_fit: dict[str, Path], weights: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     images = cli_fit["root"] / CATEGORY / "test" / "good"
-    run(
-        script("anomalib-agpt"),
+    run_here(
+        capsys,
         "predict",
         "--model",
         "AnomalyGPT",
@@ -150,8 +177,8 @@ def test_short_name_predict_folder_and_export(cli_fit: dict[str, Path], weights:
     )
     written = list((cli_fit["work"] / "predict").rglob("*.png"))
     assert len(written) == len(list(images.glob("*.png")))
-    run(
-        script("anomalib-agpt"),
+    run_here(
+        capsys,
         "export",
         "--model",
         "AnomalyGPT",
@@ -245,12 +272,14 @@ def test_configs_name_real_arguments(config: Path) -> None:
         assert getattr(importlib.import_module(module), name)
 
 
-def test_explain_predict_writes_jsonl_from_the_cli(cli_fit: dict[str, Path], weights: dict[str, Any]) -> None:
+def test_explain_predict_writes_jsonl_from_the_cli(
+    cli_fit: dict[str, Path], weights: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--trainer.callbacks PredictionWriter`` with explain on: one JSON line per image, as computed in-process."""
     images = cli_fit["root"] / CATEGORY / "test" / "good"
     out = cli_fit["work"] / "explained"
-    run(
-        script("anomalib-agpt"),
+    run_here(
+        capsys,
         "predict",
         "--model",
         "AnomalyGPT",

@@ -81,7 +81,7 @@ def test_demo_dashed_and_underscore_flags_give_equal_options() -> None:
     argv += ["--vision-heads", "4", "--text-heads", "2", "--categories", "weave", "tablet", "--quick"]
     dashed = demo.parse_args(argv)
     assert dashed == demo.parse_args(_underscored(argv))
-    assert (dashed.k_shot, dashed.vision_heads, dashed.categories, dashed.epochs) == (2, 4, ["weave"], 2)
+    assert (dashed.k_shot, dashed.vision_heads, dashed.categories, dashed.epochs) == (2, 4, ["weave"], 1)
 
 
 def test_demo_defaults_unchanged() -> None:
