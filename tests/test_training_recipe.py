@@ -170,7 +170,9 @@ def test_training_images_are_squashed_and_evaluation_crops(weights: dict[str, An
 
     model.training_step = record_training
     model.validation_step = record_validation
-    engine = Engine(max_epochs=1, limit_train_batches=1, limit_val_batches=1, **QUIET)
+    engine = Engine(
+        default_root_dir=tall_root.parent / "runs", max_epochs=1, limit_train_batches=1, limit_val_batches=1, **QUIET
+    )
     engine.fit(model=model, datamodule=datamodule_of(tall_root))
     assert len(seen["train"]) == 2
     assert seen["val"]
@@ -204,7 +206,7 @@ def test_one_shot_reference_is_the_first_normal_image_encoded_once(
     monkeypatch.setattr(fitting, "training_losses", losses)
     seed_everything(0)
     model = make_model(**weights, **HEAD, trainable=["decoder", "prompt_learner"], few_shot_prompt_probability=1.0)
-    engine = Engine(max_epochs=2, limit_val_batches=0, **QUIET)
+    engine = Engine(default_root_dir=tall_root.parent / "runs", max_epochs=2, limit_val_batches=0, **QUIET)
     engine.fit(model=model, datamodule=datamodule_of(tall_root))
     assert len(used) == 4  # 2 epochs x 2 batches, one encoding
     assert len(encoded) == 1
