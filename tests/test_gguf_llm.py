@@ -1,0 +1,71 @@
+"""A ``.gguf`` LLM (the form the demo's SmolLM2-135M ships in) is the folder it was written from.
+
+A tiny random LLaMA folder is written once as a GGUF file (:mod:`tests.gguf_files`); loading the file
+through the product's loaders must give the folder's tokens, chat template and logits, and AnomalyGPT
+must answer the same words with either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from anomalib_agpt.explanation.llm_loading import load_llm, load_tokenizer
+from anomalib_agpt.model.presets import DEMO_CORPUS, LlamaSizes, write_random_llama, write_tiny_llm
+from anomalib_agpt.module.chat import AnomalyGPTChat
+
+from .conftest import FIXTURES, make_model
+from .gguf_files import write_llama_gguf
+
+pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def llm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(folder, .gguf file) of the same tiny random LLaMA.
+
+    Its vocabulary holds ``<|endoftext|>`` as SmolLM2's does: transformers adds that token to a byte-level
+    GGUF vocabulary without it, which would leave the tokenizer one token longer than the embedding.
+    """
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("gguf")
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_llm(root / "base", seed=0), local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    tokenizer.save_pretrained(root / "tokenizer")
+    sizes = LlamaSizes(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192, vocab_size=len(tokenizer))
+    folder = write_random_llama(root / "llm", sizes, root / "tokenizer", seed=0)
+    return folder, write_llama_gguf(folder, root / "tiny-llama.gguf")
+
+
+def test_gguf_file_gives_the_folder_s_tokens_template_and_logits(llm_files: tuple[Path, Path]) -> None:
+    folder, file = llm_files
+    from_folder, from_file = load_tokenizer(folder), load_tokenizer(file)
+    for text in DEMO_CORPUS:
+        assert from_file(text)["input_ids"] == from_folder(text)["input_ids"], text
+    chat = [{"role": "user", "content": DEMO_CORPUS[0]}]
+    as_folder = from_folder.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert from_file.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == as_folder
+    assert (from_file.bos_token_id, from_file.eos_token_id) == (from_folder.bos_token_id, from_folder.eos_token_id)
+
+    ids = torch.tensor([from_folder(" ".join(DEMO_CORPUS[:3]))["input_ids"]])
+    folder_model, file_model = load_llm(folder, torch.float32), load_llm(file, torch.float32)
+    assert file_model.config.num_hidden_layers == folder_model.config.num_hidden_layers
+    with torch.no_grad():
+        expected, logits = folder_model(ids).logits, file_model(ids).logits
+    # the same float32 values (fp16 in the folder, exact in float32) in the same order of operations
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_anomalygpt_answers_the_same_with_the_gguf_file(llm_files: tuple[Path, Path], weights: dict[str, Any]) -> None:
+    image = FIXTURES / "images" / "query_0_rgb_blob.png"
+    answers = []
+    for llm in llm_files:
+        # a new llama_proj (the PandaGPT delta fits the reference set's LLM, not this one), the same seed
+        model = make_model(**weights, llm=str(llm), explain=True, max_new_tokens=8, trainable=["llama_proj"])
+        answers.append(AnomalyGPTChat(model, image).ask("Is there any anomaly in the image?"))
+    assert answers[0]  # the tiny random LLM says something
+    assert answers[1] == answers[0]
