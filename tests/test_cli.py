@@ -88,25 +88,25 @@ def model_args(weights: dict[str, Any], k_shot: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cli_fit(tmp_path_factory: pytest.TempPathFactory, weights: dict[str, Any]) -> dict[str, Path]:
-    """``anomalib fit --model anomalib_agpt.AnomalyGPT`` (the stock CLI, dotted path), few-shot."""
+    """``anomalib fit --model anomalib_agpt.AnomalyGPT`` (the stock CLI, dotted path), few-shot.
+
+    The stock CLI's own class, in this process (``test_cli_errors.py`` starts its console script).
+    """
+    from anomalib.cli.cli import AnomalibCLI
+
     work = tmp_path_factory.mktemp("cli")
     root = make_synthetic_mvtec(
         work / "data", categories=(CATEGORY,), num_train=3, num_test_good=2, num_test_defect=1, image_size=64
     )
     data = ["--data", "MVTecAD", f"--data.root={root}", f"--data.category={CATEGORY}", "--data.num_workers=0"]
-    run(
-        script("anomalib"),
-        "fit",
-        "--model",
-        "anomalib_agpt.AnomalyGPT",
-        *model_args(weights, 1),
-        *data,
-        "--default_root_dir",
-        work / "results",
-        "--trainer.logger",
-        "false",
-        cwd=work,
-    )
+    args = ["fit", "--model", "anomalib_agpt.AnomalyGPT", *model_args(weights, 1), *data]
+    args += ["--default_root_dir", str(work / "results"), "--trainer.logger", "false"]
+    previous = Path.cwd()
+    os.chdir(work)
+    try:
+        AnomalibCLI(args=args)
+    finally:
+        os.chdir(previous)
     version = work / "results" / "AnomalyGPT" / "MVTecAD" / CATEGORY / "v0"
     return {"work": work, "root": root, "version": version, "ckpt": version / "weights" / "lightning" / "model.ckpt"}
 

@@ -227,32 +227,52 @@ def test_anomalib_s_own_subcommands_still_run(monkeypatch: pytest.MonkeyPatch) -
     assert calls == [{"option": "core", "verbose": False}]
 
 
-def test_whole_output_of_a_mistake_is_short_from_a_fresh_process(
-    weights: dict[str, Any], data_root: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def fresh_processes(weights: dict[str, Any], data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same mistake (``vision_heads=7``) through both console scripts, each a fresh process, run side by side.
+
+    ``anomalib-agpt`` and the stock ``anomalib`` with the dotted path; both start at once (each pays an
+    interpreter start and anomalib's import, the only way to see everything a user's terminal shows).
+    """
+    work = tmp_path_factory.mktemp("fresh")
+    args = fit_args(weights, data_root, work / "results", vision_heads=7)
+    stock = [*args[:2], "anomalib_agpt.AnomalyGPT", *args[3:]]
+    stock_env = {key: value for key, value in ENV.items() if key != cli.VERBOSE_ENV}
+    started = {
+        "anomalib-agpt": subprocess.Popen(
+            [script("anomalib-agpt"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+            cwd=work,
+        ),
+        "anomalib": subprocess.Popen(
+            [script("anomalib"), *stock],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=stock_env,
+            cwd=work,
+        ),
+    }
+    return {name: (process.communicate(timeout=300)[0], process.returncode) for name, process in started.items()}
+
+
+def test_whole_output_of_a_mistake_is_short_from_a_fresh_process(fresh_processes: dict) -> None:
     """Import warnings, banners and all: at most 25 non-empty lines, ending in the product's message."""
-    args = fit_args(weights, data_root, tmp_path / "results", vision_heads=7)
-    result = subprocess.run(
-        [script("anomalib-agpt"), *args], capture_output=True, text=True, env=ENV, cwd=tmp_path, check=False
-    )
-    lines = non_empty_lines(result.stdout + result.stderr)
-    assert result.returncode == 2
+    printed, status = fresh_processes["anomalib-agpt"]
+    lines = non_empty_lines(printed)
+    assert status == 2
     assert len(lines) <= 25, lines
     assert lines[-2].startswith("error: vision_heads=7 does not divide the tower width")
 
 
-def test_stock_anomalib_cli_ends_with_the_products_message(
-    weights: dict[str, Any], data_root: Path, tmp_path: Path
-) -> None:
+def test_stock_anomalib_cli_ends_with_the_products_message(fresh_processes: dict) -> None:
     """The stock CLI keeps its traceback (it cannot be changed) but the last line is the product's message."""
-    args = fit_args(weights, data_root, tmp_path / "results", vision_heads=7)
-    args[2] = "anomalib_agpt.AnomalyGPT"
-    env = {key: value for key, value in ENV.items() if key != cli.VERBOSE_ENV}
-    result = subprocess.run(
-        [script("anomalib"), *args], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
-    )
-    assert result.returncode != 0
-    last = non_empty_lines(result.stdout + result.stderr)[-1]
+    printed, status = fresh_processes["anomalib"]
+    assert status != 0
+    last = non_empty_lines(printed)[-1]
     assert last == "error: vision_heads=7 does not divide the tower width 64; pass a divisor of 64."
 
 
