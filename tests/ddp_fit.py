@@ -1,6 +1,8 @@
 """Two-process DDP fit on CPU (gloo), run by tests/test_training.py in a subprocess.
 
-Lightning's ddp launcher re-runs this file for rank 1, so it has to be a script, not a test.
+Lightning's ``ddp_fork`` launcher forks the two ranks from this process once the model is built (the
+``ddp`` launcher would start this script again for rank 1: another interpreter and anomalib import).
+Forking needs a process of its own, so this is a script, not a test. Each rank writes its report.
 Usage: python tests/ddp_fit.py OUTPUT_DIR FIXTURES_DIR
 """
 
@@ -12,9 +14,26 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_agpt import AnomalyGPT, TrainingOptions, WeightOptions
 from anomalib_agpt.data import make_synthetic_mvtec
+
+
+class RankReport(Callback):
+    """Each rank, at the end of its fit: world size, steps, the decoder weight sum before and after."""
+
+    def __init__(self, output: Path, initial: float) -> None:
+        self.output, self.initial = output, initial
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        report = {
+            "world": trainer.world_size,
+            "steps": trainer.global_step,
+            "initial": self.initial,
+            "final": float(pl_module.model.decoder.fc[0].weight.detach().sum()),
+        }
+        (self.output / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
 def main(output: Path, fixtures: Path) -> None:
@@ -38,20 +57,13 @@ def main(output: Path, fixtures: Path) -> None:
         logger=False,
         accelerator="cpu",
         devices=2,
-        strategy="ddp",
+        strategy="ddp_fork",
         max_epochs=2,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[RankReport(output, initial)],
     )
     engine.fit(model=model, datamodule=datamodule)
-    trainer = engine.trainer
-    report = {
-        "world": trainer.world_size,
-        "steps": trainer.global_step,
-        "initial": initial,
-        "final": float(model.model.decoder.fc[0].weight.detach().sum()),
-    }
-    (output / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def test_tied_llm_weights_stay_out_of_checkpoints(weights: dict[str, Any], tmp_p
 
 
 def test_two_process_ddp_on_cpu_keeps_ranks_in_step(tmp_path: Path) -> None:
-    """Lightning DDP (gloo, 2 CPU processes): gradients are synchronised, both ranks end equal."""
+    """Lightning DDP (gloo, 2 forked CPU processes): gradients are synchronised, both ranks end equal."""
     import json
     import os
     import subprocess
