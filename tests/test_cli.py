@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from anomalib_agpt.data import make_synthetic_mvtec
 from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORY = "weave"
-ENV = {  # the demo's own process settings, so it runs in the process started here instead of starting again
+ENV = {  # the console scripts' process settings (the demo's own: it runs as started instead of starting again)
     **os.environ,
     "MALLOC_MMAP_THRESHOLD_": "131072",
     "HF_HUB_OFFLINE": "1",
@@ -43,17 +42,11 @@ def script(name: str) -> str:
     return str(path) if path.exists() else shutil.which(name) or name
 
 
-def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, cwd=cwd, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def run_here(capsys: pytest.CaptureFixture[str], *args: str | Path, cwd: Path) -> str:
     """``anomalib-agpt ARGS`` in this process (the console script's own ``main``); what it printed.
 
-    The console script itself is started as a process by the demo test and ``test_packaging.py``; here
-    the command's work is checked without paying another interpreter start and import of anomalib.
+    The console script itself is started as a process by ``test_cli_errors.py`` and ``test_packaging.py``;
+    here the command's work is checked without paying another interpreter start and import of anomalib.
     """
     from anomalib_agpt.apps import cli
 
@@ -204,18 +197,25 @@ def test_short_name_predict_folder_and_export(
         torch.testing.assert_close(output.pred_score, expected.pred_score, atol=1e-5, rtol=0)
 
 
-def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
+def test_demo_quick_mode_trains_explains_and_compares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The demo in its reduced mode: a leaderboard of trained AnomalyGPT (with answers), k-shot and Patchcore.
 
-    With the tiny random LLaMA (``--llm``): the demo's own SmolLM2 GGUF is the same loading path, proven
+    In this process, with the demo's process settings already set (so it does not start itself again), and
+    with the tiny random LLaMA (``--llm``): the demo's own SmolLM2 GGUF is the same loading path, proven
     equal to its folder form in ``test_gguf_llm.py``, and would cost a minute of reading here.
     """
+    from anomalib_agpt.apps.demo import QUIET_ENV
     from anomalib_agpt.model.presets import write_tiny_llm
 
+    for name, value in QUIET_ENV.items():
+        monkeypatch.setenv(name, os.environ.get(name) or value)
     llm = write_tiny_llm(tmp_path / "tiny_llm", seed=0)
-    result = run(script("anomalib-agpt"), "demo", "--output", tmp_path / "demo", "--quick", "--llm", llm, cwd=tmp_path)
-    assert "image AUROC" in result.stdout
-    assert "No AnomalyGPT weights configured" in result.stdout
+    capsys.readouterr()
+    stdout = run_here(capsys, "demo", "--output", tmp_path / "demo", "--quick", "--llm", llm, cwd=tmp_path)
+    assert "image AUROC" in stdout
+    assert "No AnomalyGPT weights configured" in stdout
     with (tmp_path / "demo" / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [row["model"] for row in rows] == ["AnomalyGPT-fullshot", "AnomalyGPT-4shot", "Patchcore"]
@@ -248,7 +248,7 @@ def test_demo_quick_mode_trains_explains_and_compares(tmp_path: Path) -> None:
     pngs = list((tmp_path / "demo" / "runs" / "AnomalyGPT-fullshot").rglob("images/**/*.png"))
     assert pngs  # the explanation visualizer's panels
     # the closing lines say where everything is, the trained model's checkpoint included
-    printed = result.stdout.splitlines()
+    printed = stdout.splitlines()
     assert f"Outputs in {(tmp_path / 'demo').resolve()}:" in printed
     (trained,) = [line for line in printed if line.strip().startswith(f"Trained AnomalyGPT ({rows[0]['category']}):")]
     assert Path(trained.split()[-1]).name == "model.ckpt"
