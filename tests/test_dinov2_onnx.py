@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import CheckpointError
 from anomalib_agpt.weights.dinov2_onnx import (
@@ -106,3 +107,31 @@ def test_a_graph_without_a_dinov2_backbone_is_an_error(tmp_path: Path) -> None:
     onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(CheckpointError, match=r"identity\.onnx': no DINOv2 backbone found"):
         read_dinov2_onnx(path)
+
+
+def test_dinov2_tower_taps_four_evenly_spaced_blocks_before_the_final_norm() -> None:
+    """The taps are blocks 2, 5, 8, 11 of 12 run by hand (CLS dropped); the embedding is the normed CLS, unit length."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from anomalib_agpt.model.dinov2_encoder import Dinov2VisionEncoder
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, patch_size=14, image_size=28)
+    backbone = Dinov2Model(config).eval()
+    encoder = Dinov2VisionEncoder(backbone, image_size=56)
+    images = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        features = encoder(images)
+        stream = backbone.embeddings(images)  # the 2 x 2 position grid interpolated to 4 x 4
+        by_hand = []
+        for block in backbone.encoder.layer:
+            stream = block(stream)
+            by_hand.append(stream[:, 1:])
+        embedding = F.normalize(backbone.layernorm(stream)[:, 0], dim=-1)
+    assert encoder.taps == (2, 5, 8, 11)
+    assert (encoder.width, encoder.grid_size, encoder.dtype) == (32, 4, torch.float32)
+    assert [tuple(tap.shape) for tap in features.patch_tokens] == [(2, 16, 32)] * 4
+    for tap, index in zip(features.patch_tokens, encoder.taps, strict=True):
+        torch.testing.assert_close(tap, by_hand[index], atol=1e-6, rtol=0)
+    torch.testing.assert_close(features.embedding, embedding, atol=1e-6, rtol=0)
+    assert not any(parameter.requires_grad for parameter in encoder.parameters())

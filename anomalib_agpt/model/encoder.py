@@ -81,6 +81,16 @@ class ImageBindVisionEncoder(nn.Module):
         self.image_size = sizes.image_size
         self.grid_size = sizes.image_size // sizes.patch_size
 
+    @property
+    def width(self) -> int:
+        """Channels of the tapped patch tokens (1280 for ImageBind-Huge)."""
+        return self.visual.conv1.weight.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the tower's weights (see ``AnomalyGPTModel.configure_encoder``)."""
+        return self.visual.conv1.weight.dtype
+
     def forward(self, images: torch.Tensor) -> VisionFeatures:
         """Encode pre-processed ``(B, 3, S, S)`` images once for every consumer."""
         visual = self.visual

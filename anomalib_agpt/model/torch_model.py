@@ -75,7 +75,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.text_encoder = text_encoder
         self.decoder = decoder
         self.few_shot_mode = few_shot_mode
-        width = vision_encoder.visual.conv1.weight.shape[0]
+        width = vision_encoder.width
         embed_dim = decoder.fc[0].weight.shape[0]
         self.register_buffer("text_features", torch.zeros(2, embed_dim))
         self.register_buffer("reference_memory", torch.zeros(NUM_TAPS, 0, width))
@@ -195,7 +195,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
     def _encoder_in_dtype(self, device: torch.device) -> torch.dtype:
         """Cast both towers to ``encoder_dtype`` for ``device`` if they are not yet (a no-op in fp32)."""
         dtype = resolve_encoder_dtype(self.encoder_dtype, device)
-        if self.vision_encoder.visual.conv1.weight.dtype != dtype:
+        if self.vision_encoder.dtype != dtype:
             logger.info("AnomalyGPT: running the ImageBind towers in %s", dtype)
             self.vision_encoder.to(dtype)
             self.text_encoder.to(dtype)

