@@ -265,6 +265,20 @@ def test_stock_anomalib_cli_ends_with_the_products_message(fresh_processes: dict
     assert last == "error: vision_heads=7 does not divide the tower width 64; pass a divisor of 64."
 
 
+def test_demo_refuses_a_missing_llm_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anomalib_agpt.apps.demo import QUIET_ENV
+
+    for name, value in QUIET_ENV.items():  # the demo's process settings: it runs here instead of starting again
+        monkeypatch.setenv(name, os.environ.get(name) or value)
+    output = tmp_path / "demo"
+    status, printed = run_main(["demo", "--quick", "--llm", str(tmp_path / "no_llm"), "--output", str(output)], capsys)
+    assert status == 2
+    assert non_empty_lines(printed)[0].startswith(f"error: --llm: weight file '{tmp_path / 'no_llm'}' not found")
+    assert not output.exists()
+
+
 def test_ctrl_c_ends_with_one_line_and_status_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

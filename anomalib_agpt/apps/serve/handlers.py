@@ -36,7 +36,6 @@ from anomalib_agpt.apps.serve.uploads import (
     MB,
     BadInputError,
     check_image_file,
-    file_digest,
     limit_pil_decoding,
     read_upload,
 )
@@ -47,6 +46,7 @@ from anomalib_agpt.explanation.questions import default_question
 from anomalib_agpt.model.references import load_reference_images
 from anomalib_agpt.module.chat import AnomalyGPTChat
 from anomalib_agpt.module.lightning_model import AnomalyGPT
+from anomalib_agpt.weights.checkpoints import file_digest
 
 __all__ = [
     "CACHE_SIZE",

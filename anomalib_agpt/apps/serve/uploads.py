@@ -9,7 +9,6 @@ A refused upload raises :class:`BadInputError`, which the handlers turn into the
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -28,15 +27,6 @@ MB = 1024 * 1024
 
 class BadInputError(AnomalyGPTError, ValueError):
     """Input the page explains to its user as a message (a missing, non-image or huge file, an empty question)."""
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a file: the cache key of an upload (gradio gives each upload a new path)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def limit_pil_decoding(max_pixels: int) -> None:
