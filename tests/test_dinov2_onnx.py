@@ -109,8 +109,9 @@ def test_a_graph_without_a_dinov2_backbone_is_an_error(tmp_path: Path) -> None:
         read_dinov2_onnx(path)
 
 
-def test_dinov2_tower_taps_four_evenly_spaced_blocks_before_the_final_norm() -> None:
-    """The taps are blocks 2, 5, 8, 11 of 12 run by hand (CLS dropped); the embedding is the normed CLS, unit length."""
+def test_dinov2_tower_taps_four_evenly_spaced_blocks_through_the_final_norm() -> None:
+    """The taps are blocks 2, 5, 8, 11 of 12 run by hand, each through the final norm (DINOv2's
+    ``get_intermediate_layers(norm=True)``), CLS dropped; the embedding is the normed CLS, unit length."""
     from transformers import Dinov2Config, Dinov2Model
 
     from anomalib_agpt.model.dinov2_encoder import Dinov2VisionEncoder
@@ -132,6 +133,6 @@ def test_dinov2_tower_taps_four_evenly_spaced_blocks_before_the_final_norm() -> 
     assert (encoder.width, encoder.grid_size, encoder.dtype) == (32, 4, torch.float32)
     assert [tuple(tap.shape) for tap in features.patch_tokens] == [(2, 16, 32)] * 4
     for tap, index in zip(features.patch_tokens, encoder.taps, strict=True):
-        torch.testing.assert_close(tap, by_hand[index], atol=1e-6, rtol=0)
+        torch.testing.assert_close(tap, backbone.layernorm(by_hand[index]), atol=1e-6, rtol=0)
     torch.testing.assert_close(features.embedding, embedding, atol=1e-6, rtol=0)
     assert not any(parameter.requires_grad for parameter in encoder.parameters())

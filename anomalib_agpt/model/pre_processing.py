@@ -29,6 +29,8 @@ from anomalib_agpt.errors import check_choice
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's
+IMAGENET_STD = (0.229, 0.224, 0.225)
 CUBIC_A = -0.5  # PIL's (and torch's antialiased) bicubic coefficient
 PIL_WEIGHT_ONE = 2.0**22  # PIL keeps resampling weights in 22-bit fixed point
 TO_UINT8 = 255.999  # torchvision's float -> uint8 scale: exact for images read from 8-bit files
@@ -263,14 +265,21 @@ def dataset_augmentations(augmentations: Transform | None, resize: Resize) -> Tr
     return Compose([augmentations, resize])
 
 
-def build_pre_processor(side: int, resize_mode: ResizeMode) -> ClipPreProcessor:
+def build_pre_processor(
+    side: int,
+    resize_mode: ResizeMode,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> ClipPreProcessor:
     """``crop``: short side to ``side`` + centre crop (original evaluation); ``squash``: ``side x side``.
 
-    Training batches are squashed to ``side x side`` in both modes, as the original trains.
+    Training batches are squashed to ``side x side`` in both modes, as the original trains. ``mean``
+    and ``std``: the tower's normalisation (CLIP's for ImageBind, ImageNet's for DINOv2).
     """
     check_choice("resize_mode", resize_mode, typing.get_args(ResizeMode))
     resize = ClipResize(side, crop=resize_mode == "crop")
+    normalise = Normalize(mean=mean, std=std)
     return ClipPreProcessor(
-        transform=Compose([resize, Normalize(mean=CLIP_MEAN, std=CLIP_STD)]),
-        train_transform=Compose([ClipResize(side, crop=False), Normalize(mean=CLIP_MEAN, std=CLIP_STD)]),
+        transform=Compose([resize, normalise]),
+        train_transform=Compose([ClipResize(side, crop=False), normalise]),
     )

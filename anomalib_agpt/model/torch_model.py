@@ -26,6 +26,7 @@ from anomalib_agpt.model.anomaly_maps import (
     zero_shot_logits,
     zero_shot_map,
 )
+from anomalib_agpt.model.dinov2_encoder import Dinov2VisionEncoder
 from anomalib_agpt.model.encoder import (
     NUM_TAPS,
     ImageBindTextEncoder,
@@ -39,6 +40,7 @@ from anomalib_agpt.weights import checkpoints as ckpt
 logger = logging.getLogger(__name__)
 
 FewShotMode = Literal["replace", "fuse"]
+VisionEncoder = ImageBindVisionEncoder | Dinov2VisionEncoder
 EncoderDtype = Literal["fp32", "fp16", "bf16", "auto"]
 _ENCODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,19 +58,40 @@ def resolve_encoder_dtype(encoder_dtype: EncoderDtype, device: torch.device) -> 
     return _ENCODER_DTYPES[encoder_dtype]
 
 
+ANCHOR_SPLIT = 1e-3
+"""How far apart the learned anchors start (the logits' scale is 100: apart by more, patches start saturated)."""
+
+
+def learned_anchors_start(embed_dim: int, seed: int) -> torch.Tensor:
+    """``(2, D)`` unit anchors [normal, abnormal] that start (almost) together: every patch starts near p = 0.5.
+
+    With the fixed logit scale of 100, two random unit anchors would put most patches' logits 10+ apart,
+    where the focal and dice gradients vanish (``log(p + 1e-5)`` is flat below 1e-5): a decoder trained from
+    such a start collapses to "all normal" on the first steps and never leaves it. Anchors that start
+    together give every patch p ~= 0.5 and full gradients.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randn(1, embed_dim, generator=generator)
+    split = ANCHOR_SPLIT * torch.randn(2, embed_dim, generator=generator)
+    return F.normalize(shared + split * shared.norm(), dim=-1)
+
+
 class AnomalyGPTModel(DynamicBufferMixin):
     """Encoder, decoder, class text features and reference memory; ``forward`` -> ``InferenceBatch``.
 
     Text features and the (normalised) reference memory are buffers, so Lightning checkpoints and
-    exported models carry them and queries never recompute them.
+    exported models carry them and queries never recompute them. A vision tower without a text tower
+    (DINOv2) compares with learned anchors instead: ``text_features`` is then a parameter that trains
+    with the decoder, and ``anchors_trained`` says whether it has (an untrained zero-shot map is refused).
     """
 
     def __init__(
         self,
-        vision_encoder: ImageBindVisionEncoder,
-        text_encoder: ImageBindTextEncoder,
+        vision_encoder: VisionEncoder,
+        text_encoder: ImageBindTextEncoder | None,
         decoder: AnomalyDecoder,
         few_shot_mode: FewShotMode = "replace",
+        anchor_seed: int = 0,
     ) -> None:
         super().__init__()
         self.vision_encoder = vision_encoder
@@ -77,7 +100,11 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self.few_shot_mode = few_shot_mode
         width = vision_encoder.width
         embed_dim = decoder.fc[0].weight.shape[0]
-        self.register_buffer("text_features", torch.zeros(2, embed_dim))
+        if text_encoder is None:
+            self.text_features = torch.nn.Parameter(learned_anchors_start(embed_dim, anchor_seed), requires_grad=False)
+            self.register_buffer("anchors_trained", torch.tensor(False))
+        else:
+            self.register_buffer("text_features", torch.zeros(2, embed_dim))
         self.register_buffer("reference_memory", torch.zeros(NUM_TAPS, 0, width))
         self.class_name: str | None = None
         self.llm_head: LLMHead | None = None
@@ -93,6 +120,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         self._compiled_encoder: Callable[[torch.Tensor], VisionFeatures] | None = None
         self._eager_encoder = False
         """Set while exporting: torch.export and pickling need the plain module."""
+        self._untrained_anchors_allowed = False
         self._text_feature_cache: dict[str, torch.Tensor] = {}
         """Text features of other classes than ``class_name`` (multi-class training), each computed once."""
 
@@ -110,6 +138,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
             "compile_encoder": False,
             "_eager_encoder": False,
             "_text_feature_cache": {},
+            "_untrained_anchors_allowed": False,
         }
         super().__setstate__(defaults | state | {"_compiled_encoder": None})
 
@@ -178,6 +207,27 @@ class AnomalyGPTModel(DynamicBufferMixin):
         model.anomalygpt_source = str(anomalygpt_path)
         return model
 
+    @classmethod
+    def with_learned_anchors(
+        cls,
+        vision_encoder: Dinov2VisionEncoder,
+        seed: int = 0,
+        few_shot_mode: FewShotMode = "replace",
+    ) -> AnomalyGPTModel:
+        """A tower without text (DINOv2): a fresh decoder into the tower's own width and learned anchors.
+
+        Both start from ``seed``; the zero-shot map needs them trained (``training.trainable=[decoder]``).
+        """
+        torch.manual_seed(seed)
+        decoder = AnomalyDecoder(NUM_TAPS, vision_encoder.width, vision_encoder.embed_dim)
+        decoder.requires_grad_(False)
+        return cls(vision_encoder, None, decoder, few_shot_mode=few_shot_mode, anchor_seed=seed)
+
+    @property
+    def learned_anchors(self) -> bool:
+        """Whether the zero-shot map compares with learned anchors (no text tower) instead of class text."""
+        return self.text_encoder is None
+
     # ----------------------------------------------------------------------------------------
     # Encoder options: dtype and torch.compile
     # ----------------------------------------------------------------------------------------
@@ -196,9 +246,10 @@ class AnomalyGPTModel(DynamicBufferMixin):
         """Cast both towers to ``encoder_dtype`` for ``device`` if they are not yet (a no-op in fp32)."""
         dtype = resolve_encoder_dtype(self.encoder_dtype, device)
         if self.vision_encoder.dtype != dtype:
-            logger.info("AnomalyGPT: running the ImageBind towers in %s", dtype)
+            logger.info("AnomalyGPT: running the encoder towers in %s", dtype)
             self.vision_encoder.to(dtype)
-            self.text_encoder.to(dtype)
+            if self.text_encoder is not None:
+                self.text_encoder.to(dtype)
         return dtype
 
     def encode(self, images: torch.Tensor) -> VisionFeatures:
@@ -226,9 +277,17 @@ class AnomalyGPTModel(DynamicBufferMixin):
         """Side of the square input the encoder was trained for (224 for ImageBind-Huge)."""
         return self.vision_encoder.image_size
 
+    @property
+    def pixel_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` the tower expects its input normalised with (CLIP's for ImageBind, ImageNet's for DINOv2)."""
+        return self.vision_encoder.pixel_mean, self.vision_encoder.pixel_std
+
     @torch.no_grad()
     def class_text_features(self, class_name: str) -> torch.Tensor:
         """``(2, D)`` [normal, abnormal]: sentence embeddings averaged per group, renormalised."""
+        if self.text_encoder is None:
+            msg = "this AnomalyGPT has no text tower (a DINOv2 backbone): its anchors are learned, not class text."
+            raise OptionError(msg)
         normal, abnormal = prompt_sentences(class_name)
         self._encoder_in_dtype(self.text_features.device)
         embeddings = self.text_encoder.encode(normal + abnormal).float()
@@ -246,6 +305,9 @@ class AnomalyGPTModel(DynamicBufferMixin):
         class_name = class_name or self.class_name or DEFAULT_CLASS_NAME
         if class_name == self.class_name:
             return
+        if self.learned_anchors:  # the same learned anchors serve every class
+            self.class_name = class_name
+            return
         self.text_features = self.text_features_for(class_name).clone()  # the buffer is loaded in place
         self.class_name = class_name
 
@@ -256,7 +318,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
         The model's own class gives its ``text_features`` buffer; others (a multi-class train set's
         classes) are cached outside the state dict, as the text tower is frozen.
         """
-        if class_name == self.class_name:
+        if class_name == self.class_name or self.learned_anchors:
             return self.text_features
         cached = self._text_feature_cache.get(class_name)
         if cached is None:
@@ -291,12 +353,41 @@ class AnomalyGPTModel(DynamicBufferMixin):
         has_references = self.reference_memory.shape[1] > 0
         if has_references and self.few_shot_mode == "replace":
             return few_shot_map(few_shot_similarity(features.patch_tokens, self.reference_memory), size)
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):  # export checks before tracing
+            self.check_anchors_trained()
         logits = zero_shot_logits(self.decoder(features.patch_tokens), self.text_features)
         zero_shot = zero_shot_map(logits, size)
         if not has_references:
             return zero_shot
         few_shot = few_shot_map(few_shot_similarity(features.patch_tokens, self.reference_memory), size)
         return (zero_shot + few_shot) / 2
+
+    def check_anchors_trained(self) -> None:
+        """Refuse a zero-shot map from learned anchors that never trained: it would be noise, not a map."""
+        replaced = self.reference_memory.shape[1] > 0 and self.few_shot_mode == "replace"
+        if replaced or not self.learned_anchors or self._untrained_anchors_allowed:
+            return
+        if not bool(self.anchors_trained):
+            msg = (
+                "a zero-shot map on a backbone without a text tower (weights.backbone) compares with learned "
+                "anchors, and these have not trained: train it (training.trainable=[decoder, ...]) or give "
+                "few_shot.k_shot reference images."
+            )
+            raise OptionError(msg)
+
+    @contextmanager
+    def untrained_anchors_allowed(self) -> Iterator[None]:
+        """Allow maps from untrained anchors for the block: Lightning's sanity check, whose outputs are dropped."""
+        self._untrained_anchors_allowed = True
+        try:
+            yield
+        finally:
+            self._untrained_anchors_allowed = False
+
+    def mark_anchors_trained(self) -> None:
+        """Record that the learned anchors (and decoder) took a training step: the zero-shot map is allowed."""
+        if self.learned_anchors:
+            self.anchors_trained.fill_(True)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> InferenceBatch:
@@ -325,7 +416,7 @@ class AnomalyGPTModel(DynamicBufferMixin):
                 _, prompt_state = ckpt.split_anomalygpt_delta(delta, path)
             device = self.reference_memory.device
             logger.info("AnomalyGPT: loading the explanation LLM from %s", self.llm_spec.llm)
-            head = LLMHead.from_spec(self.llm_spec, prompt_state, self.text_features.shape[1], device)
+            head = LLMHead.from_spec(self.llm_spec, prompt_state, self.vision_encoder.embed_dim, device)
             if self.pending_head_state:
                 ckpt.load_strict_subset(head, self.pending_head_state, "Lightning checkpoint (explanation head)")
                 self.pending_head_state = {}

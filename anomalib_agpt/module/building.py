@@ -12,6 +12,7 @@ from typing import Any
 from anomalib_agpt.errors import OptionError
 from anomalib_agpt.explanation.llm_head import LLMHeadSpec
 from anomalib_agpt.explanation.llm_loading import check_llm_options, check_quantization_support
+from anomalib_agpt.model.dinov2_encoder import Dinov2VisionEncoder
 from anomalib_agpt.model.presets import preset_sizes, random_anomalygpt_delta, random_imagebind_state_dict
 from anomalib_agpt.model.protocol import Protocol, check_protocol
 from anomalib_agpt.model.references import list_reference_images
@@ -25,6 +26,7 @@ from anomalib_agpt.module.options import (
 )
 from anomalib_agpt.training.recipe import fresh_decoder_delta
 from anomalib_agpt.weights import checkpoints as ckpt
+from anomalib_agpt.weights.dinov2_onnx import load_dinov2_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,10 @@ def check_options(
     training: TrainingOptions,
     protocol: Protocol,
     encoder_dtype: str,
+    weights: WeightOptions,
 ) -> None:
     """Refuse contradictory or impossible options (before any weights load)."""
+    check_backbone(weights, few_shot, training)
     if few_shot.k_shot < 0:
         msg = f"few_shot.k_shot={few_shot.k_shot}: expected 0 (zero-shot) or a positive number of reference images."
         raise OptionError(msg)
@@ -68,8 +72,31 @@ def check_options(
         raise OptionError(msg)
 
 
+def check_backbone(weights: WeightOptions, few_shot: FewShotOptions, training: TrainingOptions) -> None:
+    """A backbone other than ImageBind has no text tower and no released decoder: refuse what cannot work."""
+    if weights.backbone is None:
+        return
+    given = [
+        f"weights.{name}"
+        for name in ("imagebind_checkpoint", "anomalygpt_checkpoint", "preset")
+        if getattr(weights, name) is not None
+    ]
+    if given:
+        msg = (
+            f"weights.backbone='{weights.backbone}' replaces ImageBind-Huge and its released decoder: drop "
+            f"{', '.join(given)} (the backbone's decoder and anchors train with training.trainable=[decoder, ...])."
+        )
+        raise OptionError(msg)
+    if not few_shot.k_shot and "decoder" not in training.parts:
+        msg = (
+            f"weights.backbone='{weights.backbone}' has no text tower, so a zero-shot map needs learned anchors: "
+            "train it (training.trainable=[decoder, ...]) or give few_shot.k_shot reference images."
+        )
+        raise OptionError(msg)
+
+
 def build_torch_model(weights: WeightOptions, few_shot_mode: FewShotMode, training: TrainingOptions) -> AnomalyGPTModel:
-    """The tensor model from weight files, or from a random preset when explicitly asked for.
+    """The tensor model from weight files, a DINOv2 backbone, or a random preset when explicitly asked for.
 
     Without an AnomalyGPT delta, a ``training.trainable`` that includes ``decoder`` trains one from scratch,
     as the original's training does: a fresh decoder (seeded by ``weights.seed``) of the ImageBind
@@ -77,6 +104,15 @@ def build_torch_model(weights: WeightOptions, few_shot_mode: FewShotMode, traini
     """
     imagebind, anomalygpt, seed = weights.imagebind_checkpoint, weights.anomalygpt_checkpoint, weights.seed
     heads = {"vision_heads": weights.vision_heads, "text_heads": weights.text_heads, "few_shot_mode": few_shot_mode}
+    if weights.backbone is not None:
+        vision = Dinov2VisionEncoder(load_dinov2_backbone(weights.backbone))
+        logger.info(
+            "AnomalyGPT: DINOv2 backbone '%s' (%d wide); decoder and anchors seed %d",
+            weights.backbone,
+            vision.width,
+            seed,
+        )
+        return AnomalyGPTModel.with_learned_anchors(vision, seed, few_shot_mode)
     if weights.preset is not None:
         if imagebind or anomalygpt:
             msg = "pass either weights.preset or weight paths (imagebind_checkpoint, anomalygpt_checkpoint), not both."

@@ -121,6 +121,8 @@ class FittingHooks:
             previous_image=self._previous_train_image,
         )
         self._previous_train_image = batch.image[-1].detach().clone()
+        if "decoder" in options.parts:
+            self.model.mark_anchors_trained()
         total = losses.total
         log = self.log  # type: ignore[attr-defined]
         if self._instruction_mix is not None:

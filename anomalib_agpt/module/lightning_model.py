@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from anomalib_agpt.explanation.metrics import AccuracyRule, AnswerAccuracy, Expl
 from anomalib_agpt.explanation.prompt_learner import ORIGINAL_BASE_PROMPT_STD
 from anomalib_agpt.explanation.questions import load_questions
 from anomalib_agpt.model import protocol as protocol_choices
-from anomalib_agpt.model.pre_processing import build_pre_processor
+from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD, build_pre_processor
 from anomalib_agpt.model.protocol import Protocol, dataset_family
 from anomalib_agpt.module.building import build_torch_model, check_options, explanation_spec
 from anomalib_agpt.module.checkpoint_hooks import LeanCheckpoints
@@ -132,7 +132,7 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
         inference = as_group(InferenceOptions, inference, "inference")
         training = as_group(TrainingOptions, training, "training")
         encoder_dtype = protocol_choices.encoder_dtype(protocol, inference.encoder_dtype)
-        check_options(few_shot, inference, training, protocol, encoder_dtype)
+        check_options(few_shot, inference, training, protocol, encoder_dtype, weights)
         llm_dtype = protocol_choices.llm_dtype(protocol, inference.llm_dtype)
         spec = explanation_spec(weights, explanation, inference, training, llm_dtype)
         model = build_torch_model(weights, few_shot.mode, training)
@@ -141,7 +141,7 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
         model.generation = protocol_choices.decoding(protocol, None, **self._decoding(explanation)).as_generate_kwargs()
         if pre_processor is True:
             size = model.image_size
-            pre_processor = self.configure_pre_processor(image_size=(size, size), resize_mode=resize_mode)
+            pre_processor = self.configure_pre_processor((size, size), resize_mode, model.pixel_normalisation)
         if evaluator is True:
             evaluator = self.configure_evaluator(explain=explanation.explain, accuracy_rule=protocol)
         if visualizer is True:
@@ -213,12 +213,14 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
         cls,
         image_size: tuple[int, int] | None = None,
         resize_mode: ResizeMode = "crop",
+        normalisation: tuple[Sequence[float], Sequence[float]] = (CLIP_MEAN, CLIP_STD),
     ) -> PreProcessor:
-        """CLIP pre-processing: bicubic resize (short side + centre crop, or squash) and CLIP mean/std."""
+        """Bicubic resize (short side + centre crop, or squash), then the tower's ``(mean, std)`` (CLIP's)."""
         if image_size and image_size[0] != image_size[1]:
             msg = f"image_size={image_size}: AnomalyGPT's encoder takes square inputs."
             raise OptionError(msg)
-        return build_pre_processor(image_size[0] if image_size else DEFAULT_IMAGE_SIZE, resize_mode)
+        side = image_size[0] if image_size else DEFAULT_IMAGE_SIZE
+        return build_pre_processor(side, resize_mode, *normalisation)
 
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's default: thresholds and min-max normalisation fitted on validation."""
@@ -239,8 +241,16 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
         return ExplanationVisualizer()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        """Score the batch; the post-processor fits its thresholds on these outputs."""
+        """Score the batch; the post-processor fits its thresholds on these outputs.
+
+        Lightning's sanity check runs before the first training step and its outputs are dropped: there,
+        learned anchors may still be untrained.
+        """
         del args, kwargs
+        trainer = self._trainer
+        if trainer is not None and trainer.sanity_checking:
+            with self.model.untrained_anchors_allowed():
+                return batch.update(**self.model(batch.image)._asdict())
         return batch.update(**self.model(batch.image)._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
@@ -310,11 +320,13 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
         """
         kwargs.setdefault("opset_version", ONNX_OPSET)
         self.model.set_class_name(self._class_name_from_context())  # before tracing: the graph holds the features
+        self.model.check_anchors_trained()  # the traced graph cannot refuse
         with self.model.scores_only(), _quiet_loggers(ONNX_PASS_LOGGERS):
             return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def to_torch(self, *args, **kwargs) -> Path:
         """Pickle the module for ``TorchInferencer`` without the LLM (text never breaks export)."""
         self.model.set_class_name(self._class_name_from_context())
+        self.model.check_anchors_trained()
         with self.model.scores_only():
             return super().to_torch(*args, **kwargs)

