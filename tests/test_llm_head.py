@@ -202,6 +202,20 @@ def test_a_long_training_answer_is_cut_to_the_originals_training_length(explaine
     assert short[0][short[0] != -100].tolist() == head.encode("No." + head.conversation.answer_suffix)
 
 
+def test_answer_loss_is_the_causal_lm_loss_on_answers_of_different_lengths(explainer: AnomalyGPT) -> None:
+    """``lm_loss`` keeps only the logits from the earliest answer on: the same loss as the LM's ``labels=``."""
+    head = explainer.model.llm_head
+    torch.manual_seed(0)
+    embedding, prompt_map = torch.randn(3, head.llama_proj.in_features), torch.rand(3, 1, 224, 224)
+    questions = ["Is there any anomaly?", "Is there any anomaly in this long image of a thing?", "Hi?"]
+    answers = ["No, there is no anomaly.", "Yes, there is an anomaly in the image, at the top left.", "Yes"]
+    embeds, mask, labels = head.training_inputs(embedding, prompt_map, questions, answers)
+    with torch.no_grad():
+        expected = head.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        loss = head.lm_loss(embedding, prompt_map, questions, answers)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+
+
 def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: dict[str, Any]) -> None:
     model = make_model(
         **weights,

@@ -31,6 +31,12 @@ DEMO_QUESTION = "Is there any anomaly in the image?"
 """The trained demo model's question: short, so the CPU trains on short sequences."""
 TRAINED = "AnomalyGPT-fullshot"
 """The trained model's leaderboard name (full-shot: it learns from every normal training image)."""
+DEMO_EPOCHS = 5
+TRAIN_BATCH_SIZE = 2
+"""Two normal images a step (each with its synthetic twin): twice the decoder's steps for the same LLM work.
+
+The answer loss costs the demo's time (SmolLM2's forward and backward on every sequence, 80 % of a step on a
+CPU): it grows with the images seen, the decoder learns with the steps taken (see the README's demo profile)."""
 RANDOM_PRESET = "random-small"
 """``--backbone`` naming the small random encoder (the demo without pretrained features)."""
 QUICK_DATA = {"num_train": 8, "num_test_good": 4, "num_test_defect": 3}
@@ -80,7 +86,8 @@ def build_parser() -> CommandParser:
     )
     add_option(parser, "backbone", str | None, None, "NAME", backbone_help)
     add_option(parser, "seed", int, 0, "N", "random seed of the data and the models (default: 0)")
-    add_option(parser, "epochs", int, 10, "N", "training epochs of the trained AnomalyGPT (default: 10)")
+    epochs_help = f"training epochs of the trained AnomalyGPT (default: {DEMO_EPOCHS})"
+    add_option(parser, "epochs", int, DEMO_EPOCHS, "N", epochs_help)
     llm_help = (
         "the LLM the trained AnomalyGPT answers with: a folder or a .gguf file (default: SmolLM2-135M-Instruct "
         "when installed, else a tiny random LLaMA written into --output)"
@@ -118,6 +125,7 @@ def _ensure_process_settings(argv: Sequence[str]) -> None:
 
 def demo_llm(output: Path, seed: int, llm: str | None = None) -> tuple[str, str]:
     """``(path, name)`` of the demo's LLM: ``llm`` if given, SmolLM2-135M-Instruct if installed, else a tiny one."""
+    from anomalib_agpt.explanation.llm_loading import cached_gguf_folder
     from anomalib_agpt.model.presets import write_tiny_llm
     from anomalib_agpt.weights.checkpoints import resolve_weight_path
 
@@ -127,8 +135,8 @@ def demo_llm(output: Path, seed: int, llm: str | None = None) -> tuple[str, str]
     if package is not None and importlib.util.find_spec("gguf") is not None:
         folder = Path(next(iter(package.submodule_search_locations)))
         found = sorted(folder.glob("*.gguf"))
-        if found:
-            return str(found[0]), "SmolLM2-135M-Instruct"
+        if found:  # converted once: each trained cell then loads it in a second instead of 50
+            return str(cached_gguf_folder(found[0])), "SmolLM2-135M-Instruct"
     folder = output / "tiny_llm"
     if not (folder / "config.json").is_file():
         write_tiny_llm(folder, seed)
@@ -158,6 +166,7 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
         text_heads=args.text_heads,
         backbone=demo_backbone(args.backbone),
         epochs=args.epochs,
+        train_batch_size=TRAIN_BATCH_SIZE,
         visualize=True,
         synthetic={"seed": args.seed, **(QUICK_DATA if args.quick else {})},
     )
@@ -170,7 +179,14 @@ def demo_config(args: Namespace) -> LeaderboardConfig:
     config.model_options = {
         TRAINED: {
             "weights": {"llm": llm},
-            "explanation": {"explain": True, "question": DEMO_QUESTION, "decoding": {"max_new_tokens": 28}},
+            # PandaGPT's format (AnomalyGPT's own): 51 tokens a sequence where SmolLM2's chat template, with its
+            # default system prompt, makes 76; the head learns the answers either way
+            "explanation": {
+                "explain": True,
+                "question": DEMO_QUESTION,
+                "conversation": "pandagpt",
+                "decoding": {"max_new_tokens": 28},
+            },
             "training": {"trainable": ["decoder", "prompt_learner", "llama_proj", "lora"]},
         },
     }

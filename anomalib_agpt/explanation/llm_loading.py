@@ -85,15 +85,16 @@ def stream_safetensors_llm(folder: Path, dtype: torch.dtype, attn_implementation
                     file.seek(start)
                     _read_into(file, target, file_dtype, shape, end - start)
                     loaded.add(name)
-    pointers = {targets[name].data_ptr() for name in loaded}
-    missing = sorted(k for k, v in targets.items() if k not in loaded and v.data_ptr() not in pointers)
+    model.tie_weights()  # a tied lm_head is the embedding just read (a file writes it once)
+    state = model.state_dict()
+    pointers = {state[name].data_ptr() for name in loaded}
+    missing = sorted(k for k, v in state.items() if k not in loaded and v.data_ptr() not in pointers)
     if missing or unexpected:
         msg = (
             f"llm: '{folder}' does not match its config: missing {missing or 'nothing'}; "
             f"unexpected {unexpected or 'nothing'}"
         )
         raise CheckpointError(msg)
-    model.tie_weights()
     return model
 
 
@@ -292,3 +293,30 @@ def load_llm(
         msg = f"llm: '{folder}' does not match its config: {problems}"
         raise ckpt.CheckpointError(msg)
     return model.eval().requires_grad_(False)
+
+
+def _gguf_to_folder(path: Path, folder: Path) -> None:
+    """Dequantise a GGUF LLM once (as transformers does on every load) and write it as a safetensors folder."""
+    from safetensors.torch import save_file
+
+    model = load_llm(path, torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # transformers marks a GGUF load quantised: the weights are not now
+        del config.quantization_config
+    config.save_pretrained(folder)
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():  # a tied lm_head is written once, as the embedding it is
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.contiguous()
+    save_file(state, str(folder / "model.safetensors"))
+    load_tokenizer(path).save_pretrained(folder)  # type: ignore[attr-defined]
+
+
+def cached_gguf_folder(path: Path, cache: Path | None = None) -> Path:
+    """A ``.gguf`` LLM as a safetensors folder, converted once per file content (under ``$ANOMALIB_AGPT_HOME/llms``).
+
+    transformers reads a GGUF file three times and dequantises it on every load (50 s for SmolLM2-135M on
+    two cores); the folder streams in about a second with the same float32 weights and tokenizer.
+    """
+    return ckpt.converted_once(path, "llms", _gguf_to_folder, cache)

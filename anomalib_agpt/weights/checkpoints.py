@@ -9,11 +9,14 @@ expected, and a file given in the wrong slot says which file it looks like.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
+import shutil
+import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 
@@ -49,6 +52,34 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+CONVERTED_MARK = "converted_from.json"
+"""Written last into a converted folder: a folder without it is never trusted."""
+
+
+def converted_once(path: Path, kind: str, convert: Callable[[Path, Path], object], cache: Path | None = None) -> Path:
+    """The folder ``convert(path, folder)`` writes, made once per content of ``path`` and reused after.
+
+    Under ``cache`` (default ``weights_home() / kind``), keyed by the file's SHA-256; written in a staging
+    folder and renamed, so a reader (another process too) sees no folder or a whole one.
+    """
+    digest = file_digest(path)
+    folder = (cache or weights_home() / kind) / f"{path.stem}-{digest[:16]}"
+    if (folder / CONVERTED_MARK).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        convert(path, staging)
+        (staging / CONVERTED_MARK).write_text(json.dumps({"file": str(path), "sha256": digest}) + "\n")
+        if folder.exists() and not (folder / CONVERTED_MARK).is_file():
+            shutil.rmtree(folder)  # not this function's work: a folder without the mark is never trusted
+        if not folder.exists():
+            staging.rename(folder)  # another process may have won the race: its folder is as good
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def resolve_weight_path(value: str | Path, option: str) -> Path:

