@@ -136,3 +136,23 @@ def test_dinov2_tower_taps_four_evenly_spaced_blocks_through_the_final_norm() ->
         torch.testing.assert_close(tap, backbone.layernorm(by_hand[index]), atol=1e-6, rtol=0)
     torch.testing.assert_close(features.embedding, embedding, atol=1e-6, rtol=0)
     assert not any(parameter.requires_grad for parameter in encoder.parameters())
+
+
+def test_a_conversion_another_process_finished_first_is_taken(tmp_path: Path) -> None:
+    """Two processes converting at once (two test workers on a bare machine): the loser takes the winner's folder."""
+    from anomalib_agpt.weights.checkpoints import converted_once
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"weights")
+
+    def convert_while_another_wins(path: Path, staging: Path) -> None:
+        (staging / "mine.txt").write_text("loser")
+        winner = staging.parent / staging.name.lstrip(".").rsplit("-", 1)[0]
+        winner.mkdir()
+        (winner / "theirs.txt").write_text("winner")
+        (winner / CONVERTED_MARK).write_text("{}")
+
+    folder = converted_once(source, "kind", convert_while_another_wins, tmp_path / "cache")
+    assert (folder / "theirs.txt").is_file()
+    assert not (folder / "mine.txt").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the loser's staging folder is gone

@@ -75,8 +75,11 @@ def converted_once(path: Path, kind: str, convert: Callable[[Path, Path], object
         (staging / CONVERTED_MARK).write_text(json.dumps({"file": str(path), "sha256": digest}) + "\n")
         if folder.exists() and not (folder / CONVERTED_MARK).is_file():
             shutil.rmtree(folder)  # not this function's work: a folder without the mark is never trusted
-        if not folder.exists():
-            staging.rename(folder)  # another process may have won the race: its folder is as good
+        try:
+            staging.rename(folder)  # a reader sees no folder or a whole one
+        except OSError:  # another process renamed its own first (a non-empty target): its folder is as good
+            if not (folder / CONVERTED_MARK).is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
