@@ -75,7 +75,7 @@ def test_test_fills_explanations_labels_and_answer_accuracy(
     weights: dict[str, Any],
     explain_options: dict[str, Any],
 ) -> None:
-    """The answer metrics and image AUROC equal those computed by hand from the test batches' answers and scores."""
+    """The answer metrics and image AUROC equal those computed by hand from the test batches' answers and raw scores."""
     model = make_model(**weights, **explain_options)
     kept = KeepTestBatches()
     engine = Engine(
@@ -96,7 +96,7 @@ def test_test_fills_explanations_labels_and_answer_accuracy(
     assert metrics["AnswerAccuracy"] == pytest.approx(sum(agree) / len(agree), abs=1e-6)
     grounded = [grounded_by_hand(*item) for item in zip(answers, labels.tolist(), masks, strict=True)]
     assert metrics["ExplanationGrounding"] == pytest.approx(sum(grounded) / len(grounded), abs=1e-6)
-    scores = torch.cat([batch.pred_score for batch in kept.batches])
+    scores = torch.cat([batch.raw_pred_score for batch in kept.batches])  # before anomalib's clamped normalisation
     assert metrics["image_AUROC"] == pytest.approx(auroc_by_ranks(scores, labels), abs=1e-6)
     images = list((fitted["work"] / "results").rglob("images/**/*.png"))
     assert images  # the explanation visualizer wrote its panels

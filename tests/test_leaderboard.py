@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from anomalib_agpt import leaderboard
+from tests.conftest import auroc_by_ranks
 
 MODELS = ["AnomalyGPT-0shot", "AnomalyGPT-1shot", "AnomalyGPT-fullshot", "Patchcore", "EfficientAd", "NoSuchModel"]
 CONFIG = """\
@@ -50,6 +52,26 @@ def test_outputs_exist_and_parse(run: tuple[Path, list[str]]) -> None:
         assert float(row["peak_rss_mb"]) >= 0
     assert "random weights" in rows["AnomalyGPT-0shot"]["notes"]
     assert (output / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_cell_writes_its_raw_image_scores(run: tuple[Path, list[str]]) -> None:
+    """``image_scores.csv`` holds every test image's raw score; its AUROC is the row's image AUROC."""
+    output, _ = run
+    test_images = sorted(str(path) for path in (output / "data" / "weave" / "test").rglob("*.png"))
+    for row in _rows(output):
+        if row["status"] != "ok":
+            continue
+        path = output / "runs" / row["model"] / "weave" / "seed0" / "image_scores.csv"
+        with path.open(newline="") as file:
+            scores = list(csv.DictReader(file))
+        assert sorted(str(Path(line["image_path"]).resolve()) for line in scores) == [
+            str(Path(image).resolve()) for image in test_images
+        ]
+        assert {int(line["label"]) for line in scores} == {0, 1}
+        values = torch.tensor([float(line["score"]) for line in scores], dtype=torch.float64)
+        labels = torch.tensor([int(line["label"]) for line in scores])
+        assert {line["label"] for line in scores if "/good/" in line["image_path"]} == {"0"}
+        assert float(row["image_AUROC"]) == pytest.approx(auroc_by_ranks(values, labels), abs=1e-6), row["model"]
 
 
 def test_offline_rules_and_failures(run: tuple[Path, list[str]]) -> None:

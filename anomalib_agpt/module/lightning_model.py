@@ -31,9 +31,11 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from torch import nn
 
 from anomalib_agpt.callbacks import ExplanationVisualizer
+from anomalib_agpt.callbacks.raw_scores import RawScoreKeeper, on_raw_scores
 from anomalib_agpt.data.class_names import category_to_class_name
 from anomalib_agpt.data.images import ResizeMode
 from anomalib_agpt.errors import OptionError
@@ -228,12 +230,19 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
 
     @classmethod
     def configure_evaluator(cls, explain: bool = False, accuracy_rule: AccuracyRule = "anomalib") -> Evaluator:
-        """Anomalib's image/pixel AUROC and F1, plus answer accuracy (counted by ``accuracy_rule``) when explaining."""
-        evaluator = AnomalibModule.configure_evaluator()
+        """Anomalib's image/pixel AUROC (on raw scores and maps) and F1, plus answer accuracy when explaining.
+
+        ``accuracy_rule`` counts the answers (see :func:`~anomalib_agpt.explanation.metrics.answer_is_right`).
+        """
+        evaluator = on_raw_scores(AnomalibModule.configure_evaluator())
         if explain:
             evaluator.test_metrics.append(AnswerAccuracy(rule=accuracy_rule, strict=False))
             evaluator.test_metrics.append(ExplanationGrounding(strict=False))
         return evaluator
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's components, with a :class:`RawScoreKeeper` ahead of the post-processor."""
+        return [RawScoreKeeper(), *super().configure_callbacks()]
 
     @classmethod
     def configure_visualizer(cls) -> ExplanationVisualizer:

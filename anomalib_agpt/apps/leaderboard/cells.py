@@ -45,6 +45,49 @@ def batch_timer() -> Any:  # noqa: ANN401
     return TestTimer()
 
 
+IMAGE_SCORES = "image_scores.csv"
+"""Each cell's raw per-image scores, in its run folder: ``image_path,label,score``."""
+
+
+def image_score_recorder(path: Path) -> Any:  # noqa: ANN401
+    """A Lightning callback that writes each tested image's raw score to ``path`` when the test ends.
+
+    A Trainer callback runs before the model's post-processor, so the scores are the raw ones the
+    threshold-free metrics read; the file is written whole and renamed into place (never half a file).
+    """
+    from lightning.pytorch import Callback
+
+    from anomalib_agpt.callbacks.raw_scores import RAW_FIELDS, keep_raw_scores
+
+    class ImageScoreRecorder(Callback):
+        def __init__(self) -> None:
+            self.rows: list[tuple[str, int, float]] = []
+
+        def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            keep_raw_scores(outputs)
+            scores = getattr(outputs, RAW_FIELDS["pred_score"]).reshape(-1).tolist()
+            labels = outputs.gt_label.reshape(-1).int().tolist()
+            self.rows.extend(zip(outputs.image_path, labels, scores, strict=True))
+
+        def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: ANN401
+            write_image_scores(path, self.rows)
+
+    return ImageScoreRecorder()
+
+
+def write_image_scores(path: Path, rows: list[tuple[str, int, float]]) -> None:
+    """``image_path,label,score`` rows (scores at full float precision), written atomically."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image_path", "label", "score"])
+        writer.writerows((image, label, repr(score)) for image, label, score in rows)
+    os.replace(partial, path)
+
+
 def make_datamodule(config: LeaderboardConfig, data_root: Path | None, category: str) -> Any:  # noqa: ANN401
     """The anomalib datamodule of one category."""
     loader = {
@@ -154,6 +197,8 @@ def _fit_and_test(
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
+    from anomalib_agpt.callbacks.raw_scores import RawScoreKeeper
+
     seed_everything(seed, verbose=False)
     built = build_model(name, config, category, seed)
     row["notes"] = built.notes
@@ -165,13 +210,14 @@ def _fit_and_test(
     if built.model.learning_type in {LearningType.ZERO_SHOT, LearningType.FEW_SHOT}:
         trainer = {}  # fit = the validation-only set-up (references, text features, thresholds)
     timer = batch_timer()
+    run_folder = config.output / "runs" / name / category / f"seed{seed}"
     engine = Engine(
-        default_root_dir=config.output / "runs" / name / category / f"seed{seed}",
+        default_root_dir=run_folder,
         logger=False,
         devices=config.devices,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[timer, RawScoreKeeper(), image_score_recorder(run_folder / IMAGE_SCORES)],
         **trainer,
     )
     rss_before = _vm_kib("VmRSS") if _reset_peak_rss() else _vm_kib("VmHWM")

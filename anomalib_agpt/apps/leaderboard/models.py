@@ -61,11 +61,17 @@ class BuiltModel:
 
 
 def _evaluator(base: Any) -> Any:  # noqa: ANN401
-    """The model's own test metrics (an ``Evaluator``) plus pixel AUPRO."""
+    """The model's own test metrics (an ``Evaluator``) plus pixel AUPRO, the ranking ones on raw scores.
+
+    Every row is measured the same way: AUROC/AUPRO on the values before anomalib's clamped min-max
+    normalisation (:mod:`anomalib_agpt.callbacks.raw_scores`; the cell's Engine keeps them).
+    """
     from anomalib.metrics import AUPRO
 
+    from anomalib_agpt.callbacks.raw_scores import on_raw_scores
+
     base.test_metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
-    return base
+    return on_raw_scores(base)
 
 
 def build_model(name: str, config: LeaderboardConfig, category: str, seed: int) -> BuiltModel:
