@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from anomalib_agpt import leaderboard
-from tests.conftest import auroc_by_ranks
+from anomalib_agpt.explanation.metrics import AnswerAccuracy
+from tests.conftest import ANOMALYGPT_DELTA, FIXTURES, IMAGEBIND, PANDAGPT_DELTA, auroc_by_ranks
 
 MODELS = ["AnomalyGPT-0shot", "AnomalyGPT-1shot", "AnomalyGPT-fullshot", "Patchcore", "EfficientAd", "NoSuchModel"]
 CONFIG = """\
@@ -209,7 +210,7 @@ def test_download_only_models_skip_offline_saying_why(monkeypatch: pytest.Monkey
         assert built.skip_reason.endswith("HF_HUB_OFFLINE is set")
 
 
-def test_protocol_paper_reaches_anomalygpt_cells_and_their_accuracy_count() -> None:
+def test_protocol_paper_reaches_anomalygpt_cells_and_their_accuracy_count(heads: dict[str, int]) -> None:
     """``--protocol paper``: AnomalyGPT cells are built with it, count accuracy the paper's way, and say so."""
     config = leaderboard.parse_args(["--protocol", "paper", "--models", "AnomalyGPT-1shot"])
     assert config.protocol == "paper"
@@ -219,3 +220,11 @@ def test_protocol_paper_reaches_anomalygpt_cells_and_their_accuracy_count() -> N
     default = leaderboard.build_model("AnomalyGPT-1shot", leaderboard.LeaderboardConfig(), "weave", 0)
     assert default.model.protocol == "anomalib"
     assert "paper" not in default.notes
+    # with an LLM the cells explain, and their evaluator counts answers by the protocol's rule
+    llm = ["--llm", str(FIXTURES / "vicuna"), "--pandagpt-checkpoint", str(PANDAGPT_DELTA)]
+    llm += ["--imagebind-checkpoint", str(IMAGEBIND), "--anomalygpt-checkpoint", str(ANOMALYGPT_DELTA)]
+    llm += ["--vision-heads", str(heads["vision_heads"]), "--text-heads", str(heads["text_heads"])]
+    for protocol, rule in [("paper", "paper"), ("anomalib", "anomalib")]:
+        config = leaderboard.parse_args(["--protocol", protocol, "--models", "AnomalyGPT-1shot", *llm])
+        model = leaderboard.build_model("AnomalyGPT-1shot", config, "weave", 0).model
+        assert [m.rule for m in model.evaluator.test_metrics if isinstance(m, AnswerAccuracy)] == [rule]

@@ -7,18 +7,24 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import Callback
+from PIL import Image
+from torchvision import tv_tensors
 
 from anomalib_agpt import AnomalyGPT
 from anomalib_agpt.data import make_synthetic_mvtec, read_rgb_image
 from anomalib_agpt.errors import MissingFileError, OptionError
 from anomalib_agpt.explanation.metrics import AnswerAccuracy, answer_is_right
 from anomalib_agpt.model import protocol
+from anomalib_agpt.model.pre_processing import ClipResize
 from anomalib_agpt.model.references import round_reference_images
 
-from .conftest import make_model
+from .conftest import FIXTURES, PANDAGPT_DELTA, make_model
 
 CATEGORY = "washer"
 
@@ -209,15 +215,16 @@ def test_answer_accuracy_metric_counts_by_its_rule() -> None:
         assert metric.compute().item() == pytest.approx(sum(row[column] for row in ANSWERS) / len(ANSWERS))
 
 
+def _accuracy_rules(model: AnomalyGPT) -> list[str]:
+    return [metric.rule for metric in model.evaluator.test_metrics if isinstance(metric, AnswerAccuracy)]
+
+
 def test_paper_evaluator_uses_the_papers_count(weights: dict[str, Any]) -> None:
-    model = make_model(**weights, protocol="paper", explain=False)
-    rules = [
-        m.rule
-        for m in AnomalyGPT.configure_evaluator(explain=True, accuracy_rule="paper").test_metrics
-        if hasattr(m, "rule")
-    ]
-    assert rules == ["paper"]
-    assert model.hparams["protocol"] == "paper"
+    """The evaluator each model builds counts by its protocol (fails if the model passes a fixed rule)."""
+    explain = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA), "explain": True}
+    assert _accuracy_rules(make_model(**weights, **explain, protocol="paper")) == ["paper"]
+    assert _accuracy_rules(make_model(**weights, **explain)) == ["anomalib"]
+    assert make_model(**weights, protocol="paper", explain=False).hparams["protocol"] == "paper"
 
 
 def test_protocol_questions_and_round_are_hyperparameters_lightning_saves(
@@ -246,3 +253,68 @@ def test_paper_runs_towers_and_llm_in_fp16_on_cuda(weights: dict[str, Any], expe
     assert paper.model.vision_encoder.visual.conv1.weight.dtype == torch.float16
     assert paper.model.ensure_llm_head().llm.dtype == torch.float16
     torch.testing.assert_close(ours.anomaly_map, theirs.anomaly_map, rtol=0, atol=2e-2)  # fp16 towers vs fp32
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth masks
+# --------------------------------------------------------------------------------------------
+def test_mask_rules_on_a_hand_made_mask() -> None:
+    """One defect pixel at (1, 1) of a 4 x 4 mask, halved: antialiased bilinear weights per axis are
+    (3/7, 3/7, 1/7) for output 0 and (1/7, 3/7, 3/7) for output 1, so output (0, 0) holds 9/49 = 0.18,
+    (0, 1) and (1, 0) 3/49 = 0.06, (1, 1) 1/49 = 0.02; nearest neighbour samples (0, 0), (0, 2), (2, 0), (2, 2)."""
+    mask = torch.zeros(4, 4, dtype=torch.uint8)
+    mask[1, 1] = 1
+
+    def resized(threshold: float | None) -> list[list[int]]:
+        return ClipResize(2, crop=False, mask_threshold=threshold)(tv_tensors.Mask(mask)).tolist()
+
+    assert resized(None) == [[0, 0], [0, 0]]  # anomalib: the defect vanishes
+    assert resized(protocol.PAPER_MASK_THRESHOLD["mvtec"]) == [[1, 0], [0, 0]]  # > 0.1
+    assert resized(protocol.PAPER_MASK_THRESHOLD["visa"]) == [[1, 1], [1, 1]]  # > 0.01
+
+
+def test_paper_mask_rule_equals_pil_resize_then_threshold() -> None:
+    """The original's operations on a non-square mask (PIL bilinear to short side 24, centre crop, > 0.1)."""
+    mask = torch.zeros(40, 56, dtype=torch.uint8)
+    mask[5:9, 10:30] = 1
+    mask[20, 3:50] = 1  # a one-pixel scratch: nearest neighbour keeps or drops it by where it falls
+    mask[30:38, 40:44] = 1
+    pil = Image.fromarray(mask.numpy() * 255).resize((33, 24), Image.BILINEAR)  # 24 * 56 / 40 = 33.6 -> 33
+    left = round((33 - 24) / 2)
+    expected = torch.from_numpy(np.asarray(pil)[:, left : left + 24] / 255 > 0.1)
+    ours = ClipResize(24, crop=True, mask_threshold=0.1)(tv_tensors.Mask(mask)).bool()
+    nearest = ClipResize(24, crop=True)(tv_tensors.Mask(mask)).bool()
+    assert int((ours != expected).sum()) <= 2  # PIL's 8-bit rounding may flip a pixel at 0.1 exactly
+    assert int((nearest != expected).sum()) > 20
+
+
+def test_paper_ground_truth_reaches_the_test_batches(
+    weights: dict[str, Any], twenty_train_images: Path, tmp_path: Path
+) -> None:
+    """Engine.test under paper: the masks the metrics read are the original's (64 px masks upscaled to 224)."""
+    masks = {}
+    for name in ("anomalib", "paper"):
+        kept = _KeepMasks()
+        engine = Engine(
+            logger=False, devices=1, callbacks=[kept], enable_progress_bar=False, default_root_dir=Path(".")
+        )
+        engine.test(model=make_model(**weights, protocol=name), datamodule=datamodule(twenty_train_images))
+        masks[name] = kept.masks
+    defect = next(path for path in masks["paper"] if "/good/" not in path)
+    mask_file = (
+        twenty_train_images / CATEGORY / "ground_truth" / Path(defect).parent.name / f"{Path(defect).stem}_mask.png"
+    )
+    raw = np.asarray(Image.open(mask_file).convert("L"))
+    pil = np.asarray(Image.fromarray(((raw > 0) * 255).astype(np.uint8)).resize((224, 224), Image.BILINEAR))
+    expected = torch.from_numpy(pil / 255 > 0.1)
+    assert int((masks["paper"][defect] != expected).sum()) <= 4
+    assert int((masks["anomalib"][defect] != expected).sum()) > 20  # nearest neighbour: a narrower mask
+
+
+class _KeepMasks(Callback):
+    def __init__(self) -> None:
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any) -> None:
+        for path, mask in zip(outputs.image_path, outputs.gt_mask, strict=True):
+            self.masks[path] = mask.reshape(mask.shape[-2:]).bool().cpu()

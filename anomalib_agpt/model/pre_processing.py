@@ -160,18 +160,22 @@ class ClipResize(Resize):
     """Resize (and centre crop) to ``size x size`` exactly as the original's PIL pre-processing.
 
     A ``Resize`` so that anomalib's datamodules resize images in the dataset (before collation).
-    Masks take nearest-neighbour resizing and the same crop. ``antialias`` is ignored: anomalib
-    switches it off for export, but this resize is exportable as it is.
+    Masks take the same geometry: nearest neighbour (anomalib's rule), or with ``mask_threshold`` the
+    original evaluation's: bilinear (antialiased, as PIL) on the 0/1 mask, then ``> mask_threshold``.
+    ``antialias`` is ignored: anomalib switches it off for export, but this resize is exportable as it is.
     """
 
-    def __init__(self, size: int | Sequence[int], crop: bool = True) -> None:
+    def __init__(self, size: int | Sequence[int], crop: bool = True, mask_threshold: float | None = None) -> None:
         side = size if isinstance(size, int) else int(size[0])
         super().__init__(side if crop else (side, side), interpolation=InterpolationMode.BICUBIC, antialias=True)
         self.side = side
         self.crop = crop
+        self.mask_threshold = mask_threshold
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: ANN401
-        """Images: the PIL-exact path; masks: nearest neighbour; then the centre crop."""
+        """Images: the PIL-exact path; masks: nearest neighbour or the threshold rule; then the centre crop."""
+        if isinstance(inpt, tv_tensors.Mask) and self.mask_threshold is not None:
+            return _like(self._thresholded_mask(inpt.as_subclass(torch.Tensor)), inpt)
         if isinstance(inpt, torch.Tensor) and not isinstance(inpt, tv_tensors.Mask):
             # tv_tensors unwrap to plain tensors (a plain one is used as it is: export traces through it)
             images = inpt.as_subclass(torch.Tensor) if isinstance(inpt, tv_tensors.TVTensor) else inpt
@@ -182,6 +186,17 @@ class ClipResize(Resize):
                 return _like(TF.to_dtype(resized, torch.uint8, scale=True), inpt)
         resized = super().transform(inpt, params)  # masks (nearest), PIL images, boxes
         return TF.center_crop(resized, [self.side, self.side]) if self.crop else resized
+
+    def _thresholded_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Bilinear resize of the 0/1 mask (its dtype kept), centre crop, then ``> mask_threshold``."""
+        if mask.shape[-2:] == (self.side, self.side):
+            return mask  # already at the model's size (the dataset resized it): a second pass changes nothing
+        size = [self.side] if self.crop else [self.side, self.side]
+        values = mask.float().unsqueeze(0) if mask.ndim == 2 else mask.float()
+        resized = TF.resize(values, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        resized = TF.center_crop(resized, [self.side, self.side]) if self.crop else resized
+        binary = (resized > self.mask_threshold).to(mask.dtype)
+        return binary[0] if mask.ndim == 2 else binary
 
 
 def _like(output: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:

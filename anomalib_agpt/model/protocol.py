@@ -22,6 +22,10 @@ PAPER_REFERENCE_ROUND: dict[DatasetFamily, int] = {"mvtec": 3, "visa": 14}
 PAPER_TOP_P: dict[DatasetFamily, float] = {"mvtec": 0.1, "visa": 0.01}
 """Nucleus size of the original's sampling in its MVTec AD and VisA scripts (other data: MVTec AD's)."""
 
+PAPER_MASK_THRESHOLD: dict[DatasetFamily, float] = {"mvtec": 0.1, "visa": 0.01}
+"""The original evaluation's ground truth: masks resized bilinearly, then ``> 0.1`` (MVTec AD) or
+``> max / 100`` (VisA, on its id masks; anomalib's VisA masks are 0/1, so ``> 0.01``)."""
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -106,3 +110,11 @@ def reference_round(protocol: Protocol, family: DatasetFamily | None, chosen: in
     if protocol == "paper" and family is not None:
         return PAPER_REFERENCE_ROUND[family]
     return None
+
+
+def mask_threshold(protocol: Protocol, family: DatasetFamily | None) -> float | None:
+    """``paper``: the original's mask rule (bilinear, then this threshold; other data: MVTec AD's); else ``None``.
+
+    ``None`` keeps anomalib's rule: nearest-neighbour resizing of the 0/1 mask.
+    """
+    return PAPER_MASK_THRESHOLD[family or "mvtec"] if protocol == "paper" else None

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -44,7 +45,7 @@ from anomalib_agpt.explanation.metrics import AccuracyRule, AnswerAccuracy, Expl
 from anomalib_agpt.explanation.prompt_learner import ORIGINAL_BASE_PROMPT_STD
 from anomalib_agpt.explanation.questions import load_questions
 from anomalib_agpt.model import protocol as protocol_choices
-from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD, build_pre_processor
+from anomalib_agpt.model.pre_processing import CLIP_MEAN, CLIP_STD, ClipResize, build_pre_processor
 from anomalib_agpt.model.protocol import Protocol, dataset_family
 from anomalib_agpt.module.building import build_torch_model, check_options, explanation_spec
 from anomalib_agpt.module.checkpoint_hooks import LeanCheckpoints
@@ -298,10 +299,21 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
             decoding = protocol_choices.decoding(self.protocol, family, **self._decoding(self.explanation_options))
             self.model.generation = decoding.as_generate_kwargs()
         self.model.set_class_name(self._class_name_from_context())
+        self._set_mask_rule(protocol_choices.mask_threshold(self.protocol, family))
         if self.few_shot_options.k_shot and self.model.num_reference_images == 0:
             self.model.set_references(self._reference_images())
         if load_llm:
             self._load_head()
+
+    def _set_mask_rule(self, threshold: float | None) -> None:
+        """``protocol='paper'``: the ground-truth masks follow the original's rule (see ``ClipResize``).
+
+        The datamodule resizes with the pre-processor's own resize object, so this reaches the dataset too.
+        """
+        if threshold is None or self.pre_processor is None:
+            return
+        for step in extract_transforms_by_type(self.pre_processor.transform, ClipResize):
+            step.mask_threshold = threshold
 
     def _load_head(self) -> None:
         """The explanation head; a prompt learner trained from scratch starts with N(0, 1) base prompts.
