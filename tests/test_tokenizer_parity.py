@@ -161,8 +161,14 @@ def test_head_uses_sentencepiece_and_its_stop_piece(
 ) -> None:
     assert head.conversation.name == "pandagpt"
     assert head.sentencepiece is not None
-    assert head.stop_token_id == processor.piece_to_id(STOP_PIECE)
+    # the stop is what follows the newline of a trained answer's turn end: '##' in LLaMA's split (the
+    # original's stop), '###' in a vocabulary that has that piece (generation never emits '##' there)
+    pieces = [processor.id_to_piece(i) for i in processor.encode(NORMAL_ANSWER + TURN_END)]
+    after_newline = pieces[pieces.index("<0x0A>") + 1]
+    assert head.stop_token_id == processor.piece_to_id(after_newline)
     assert head.stop_token_id != processor.unk_id()
+    if processor.piece_to_id("###") == processor.unk_id():  # the reference set's vocabulary: the original's stop
+        assert head.stop_token_id == processor.piece_to_id(STOP_PIECE)
     assert head._before_ids == [processor.bos_id(), *processor.encode(IMAGE_PREFIX)]
     assert head._middle_ids == processor.encode(IMAGE_SUFFIX)
 
@@ -258,3 +264,21 @@ def test_no_sentencepiece_path_without_a_matching_model_file() -> None:
             added_tokens_decoder=tokenizer.added_tokens_decoder,
         )
         assert sentencepiece_encoder(other) is None
+
+
+def test_turns_end_on_the_token_after_the_newline_in_a_vocabulary_with_a_triple_hash(tmp_path: Path) -> None:
+    """A byte-level vocabulary where '\\n###' is '\\n', '###' (SmolLM2's): '##' exists but never follows an
+    answer, so stopping on it would let every answer run into a next turn (and its 'Yes')."""
+    from transformers import AutoTokenizer
+
+    from anomalib_agpt.explanation.llm_loading import stop_piece_id
+    from anomalib_agpt.model.presets import write_tiny_llm
+
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_llm(tmp_path / "llm", seed=0), local_files_only=True)
+    split = [tokenizer.decode([i]) for i in tokenizer(NORMAL_ANSWER + TURN_END, add_special_tokens=False).input_ids]
+    assert split[-3:] == ["\n", "##", "#"]
+    assert stop_piece_id(tokenizer) == tokenizer.convert_tokens_to_ids("##")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["###"]})  # matched whole, as a merge would
+    split = [tokenizer.decode([i]) for i in tokenizer(NORMAL_ANSWER + TURN_END, add_special_tokens=False).input_ids]
+    assert split[-2:] == ["\n", "###"]
+    assert stop_piece_id(tokenizer) == tokenizer.convert_tokens_to_ids("###") != tokenizer.convert_tokens_to_ids("##")

@@ -18,7 +18,9 @@ IMAGE_SUFFIX = "</Img> "
 ASSISTANT_CUE = "\n### Assistant:"
 TURN_END = "\n###"
 STOP_PIECE = "##"
-"""The LLaMA tokenizer splits the end-of-turn "\\n###" into "\\n", "##", "#"; generation stops on "##"."""
+"""The LLaMA tokenizer splits the end-of-turn "\\n###" into "\\n", "##", "#"; generation stops on "##".
+
+Other vocabularies stop on whatever follows the newline (see ``llm_loading.stop_piece_id``)."""
 
 NORMAL_ANSWER = "No, there is no anomaly in the image."
 

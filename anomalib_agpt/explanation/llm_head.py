@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_agpt.errors import OptionError
-from anomalib_agpt.explanation.conversation import STOP_PIECE, ConversationFormat, ConversationName, conversation_format
+from anomalib_agpt.explanation.conversation import TURN_END, ConversationFormat, ConversationName, conversation_format
 from anomalib_agpt.explanation.llm_loading import (
     VOCAB_HINT,
     AttnImplementation,
@@ -112,9 +112,9 @@ class LLMHead(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.conversation = conversation
-        self.stop_token_id = self._stop_token_id() if conversation.name == "pandagpt" else None
         # PandaGPT's format (Vicuna v0): SentencePiece's own ids, as the original's slow tokenizer gave them
         self.sentencepiece = sentencepiece_encoder(tokenizer) if conversation.name == "pandagpt" else None
+        self.stop_token_id = self._stop_token_id() if conversation.name == "pandagpt" else None
         self.context_length = int(getattr(llm.config, "max_position_embeddings", 2048))
         bos = [tokenizer.bos_token_id] if conversation.add_bos else []
         self._before_ids = bos + self.encode(conversation.before)
@@ -171,9 +171,10 @@ class LLMHead(nn.Module):
         return head.to(device)
 
     def _stop_token_id(self) -> int:
-        stop = stop_piece_id(self.tokenizer)
+        """The token a PandaGPT turn ends on, as this head tokenises its training answers."""
+        stop = stop_piece_id(self.tokenizer, self.encode)
         if stop is None:
-            msg = f"llm: the tokenizer has no piece '{STOP_PIECE}' to end a turn on."
+            msg = f"llm: the tokenizer splits the end of a turn ({TURN_END!r}) with no token after its newline."
             raise ckpt.CheckpointError(msg)
         return stop
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from anomalib_agpt.errors import OptionError, SetupError, check_choice
-from anomalib_agpt.explanation.conversation import STOP_PIECE
+from anomalib_agpt.explanation.conversation import NORMAL_ANSWER, TURN_END
 from anomalib_agpt.weights import checkpoints as ckpt
 from anomalib_agpt.weights.checkpoints import CheckpointError
 from anomalib_agpt.weights.safetensors import safetensors_entries
@@ -152,10 +153,21 @@ def tokenizer_fits(tokens: int, rows: int, gguf: bool) -> bool:
     return tokens <= rows if gguf else tokens == rows
 
 
-def stop_piece_id(tokenizer: Any) -> int | None:  # noqa: ANN401 - a Hugging Face tokenizer
-    """The id of PandaGPT's end of turn (``##``), or ``None`` when the vocabulary lacks the piece."""
-    stop = tokenizer.convert_tokens_to_ids(STOP_PIECE)
-    return None if stop is None or stop == tokenizer.unk_token_id else int(stop)
+def stop_piece_id(tokenizer: Any, encode: Callable[[str], list[int]] | None = None) -> int | None:  # noqa: ANN401
+    r"""The id PandaGPT's turns end on: the token after the newline of a trained answer's ``"\n###"``.
+
+    LLaMA's vocabulary splits it ``"\n", "##", "#"`` (the original stops on ``##``); a GPT-2-style one
+    (SmolLM2) makes ``"\n", "###"``, where a ``##`` piece exists but is never generated after an answer.
+    ``encode``: how the head tokenises training answers (default: the tokenizer, no special tokens).
+    ``None`` when the turn end has no token after a newline.
+    """
+    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False).input_ids)
+    ids = encode(NORMAL_ANSWER + TURN_END)
+    newlines = [index for index, token in enumerate(ids) if "\n" in tokenizer.decode([token])]
+    if not newlines or newlines[-1] + 1 >= len(ids):
+        return None
+    stop = ids[newlines[-1] + 1]
+    return None if stop == tokenizer.unk_token_id else int(stop)
 
 
 def load_tokenizer(folder: Path) -> object:

@@ -18,7 +18,7 @@ from anomalib_agpt.apps.check_weights.report import (
     Check,
     WeightReport,
 )
-from anomalib_agpt.explanation.conversation import STOP_PIECE
+from anomalib_agpt.explanation.conversation import TURN_END
 from anomalib_agpt.explanation.llm_loading import VOCAB_HINT, tokenizer_fits
 from anomalib_agpt.weights.checkpoints import NUM_TAPS
 
@@ -46,7 +46,7 @@ def _llm_checks(index: int, llm: WeightReport) -> list[Check]:
             Check(ok=ok, text=f"{name}: tokenizer {tokens} tokens vs embedding {rows} rows{hint}", parts=parts)
         )
     if tokens is not None and not s.get("stop_piece"):
-        text = f"{name}: no chat template and no piece '{STOP_PIECE}' to end a turn on"
+        text = f"{name}: no chat template and no token to end a turn on after the newline of {TURN_END!r}"
         checks.append(Check(ok=False, text=text, parts=parts))
     return checks
 
