@@ -229,6 +229,31 @@ def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: d
     reference = expected["queries"][QUERIES[1]]
     answer = model.model.explain(reference["pixel_values"], expected["question"])
     assert answer == [reference["zero_shot_text_original_rule"]]
+    # merged: plain layers only, each q/k/v/o the base weight plus B A * alpha / r of the PandaGPT delta
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    from anomalib_agpt.explanation.lora import split_pandagpt_delta
+
+    llm = model.model.llm_head.llm
+    assert not [name for name, module in llm.named_modules() if isinstance(module, LoraLayer) or "lora_" in name]
+    base = AutoModelForCausalLM.from_pretrained(VICUNA, dtype=torch.float32).state_dict()
+    _, lora = split_pandagpt_delta(torch.load(PANDAGPT_DELTA, map_location="cpu", weights_only=True), PANDAGPT_DELTA)
+    merged = llm.state_dict()
+    layers = {key.removesuffix(".lora_A.weight") for key in lora if key.endswith(".lora_A.weight")}
+    assert len(layers) == 4 * base_layers(base)
+    for layer in sorted(layers):
+        down, up = lora[f"{layer}.lora_A.weight"].float(), lora[f"{layer}.lora_B.weight"].float()
+        delta = up @ down * model.model.llm_spec.lora_scale  # alpha / r: 32 / 32 for PandaGPT
+        assert delta.abs().max() > 0, layer  # the test must see a change
+        torch.testing.assert_close(
+            merged[f"{layer}.weight"].float(), base[f"{layer}.weight"] + delta, atol=1e-5, rtol=0
+        )
+
+
+def base_layers(state: dict[str, torch.Tensor]) -> int:
+    """How many decoder layers a LLaMA state dict holds."""
+    return len({key.split(".")[2] for key in state if key.startswith("model.layers.")})
 
 
 # --------------------------------------------------------------------------------------------

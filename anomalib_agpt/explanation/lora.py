@@ -87,9 +87,14 @@ def attach_fresh_lora(llm: nn.Module, rank: int, scale: float) -> None:
 
 
 def merge_lora(llm: nn.Module) -> None:
-    """Fold the LoRA into the base weights (faster inference; rounds in the LLM's dtype)."""
+    """Fold the LoRA into the base weights and put the plain layers back (rounds in the LLM's dtype).
+
+    Each q/k/v/o becomes its base ``nn.Linear`` with ``W + B A * alpha / r``: no adapter runs at inference.
+    """
     from peft.tuners.lora import LoraLayer
 
-    for module in llm.modules():
-        if isinstance(module, LoraLayer):
-            module.merge()
+    for parent in list(llm.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, name, child.get_base_layer())
