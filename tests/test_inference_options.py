@@ -357,3 +357,34 @@ def test_compiled_encoder_exports_and_pickles_eagerly(
     assert copied._compiled_encoder is None
     assert onnx_path.stat().st_size > 0
     assert pickle.loads(pickle.dumps(copied)).compile_encoder
+
+
+@pytest.mark.parametrize(
+    ("decoding", "received"),
+    [
+        ({"do_sample": True, "top_p": 0.3, "temperature": 0.7}, {"do_sample": True, "top_p": 0.3, "temperature": 0.7}),
+        ({"do_sample": False, "top_p": 0.3, "temperature": 0.7}, {"do_sample": False}),
+    ],
+)
+def test_sampling_options_reach_generate(
+    weights: dict[str, Any],
+    expected: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    decoding: dict[str, Any],
+    received: dict[str, Any],
+) -> None:
+    """What the LLM's ``generate`` receives: the options given (greedy drops top_p/temperature)."""
+    model = explainer(weights, **decoding)
+    head = model.model.ensure_llm_head()
+    calls: list[dict[str, Any]] = []
+    generate = head.llm.generate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(head.llm, "generate", recording)
+    model.model.explain(expected["queries"][QUERY]["pixel_values"], expected["question"])
+    assert len(calls) == 1
+    assert calls[0]["max_new_tokens"] == 16
+    assert {key: calls[0][key] for key in ("do_sample", "top_p", "temperature") if key in calls[0]} == received
