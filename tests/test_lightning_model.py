@@ -229,3 +229,25 @@ def test_predict_with_datamodule_and_folder(
     )
     assert sorted(path for batch in batches for path in batch.image_path) == sorted(map(str, folder.glob("*.png")))
     assert_post_processed_raw_outputs(batches, fitted)
+
+
+def test_text_features_are_computed_once_per_run(
+    weights: dict[str, Any], dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fit (validation set-up) then test over two batches each: the text tower encodes the class's prompts once."""
+    model = make_model(**weights)
+    encode = model.model.text_encoder.encode
+    calls: list[int] = []
+
+    def counting(sentences: Any) -> Any:
+        calls.append(len(sentences))
+        return encode(sentences)
+
+    monkeypatch.setattr(model.model.text_encoder, "encode", counting)
+    data = datamodule(dataset_root)
+    run = engine(tmp_path)
+    run.fit(model=model, datamodule=data)
+    run.test(model=model, datamodule=data)
+    assert data.eval_batch_size < NUM_TEST  # several test batches
+    assert len(calls) == 1
+    assert model.model.class_name == CATEGORY

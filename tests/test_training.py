@@ -106,7 +106,13 @@ def test_llm_parts_need_the_head(weights: dict[str, Any]) -> None:
 
 def test_every_trainable_part_is_in_the_optimiser(weights: dict[str, Any], datamodule: MVTecAD, tmp_path: Path) -> None:
     head = {"llm": str(FIXTURES / "vicuna"), "pandagpt_checkpoint": str(PANDAGPT_DELTA)}
-    model = make_model(**weights, **head, trainable=["decoder", "prompt_learner", "llama_proj", "lora"])
+    model = make_model(
+        **weights,
+        **head,
+        trainable=["decoder", "prompt_learner", "llama_proj", "lora"],
+        learning_rate=2e-3,
+        weight_decay=0.02,
+    )
     engine = Engine(
         default_root_dir=tmp_path,
         logger=False,
@@ -116,7 +122,11 @@ def test_every_trainable_part_is_in_the_optimiser(weights: dict[str, Any], datam
         enable_model_summary=False,
     )
     engine.fit(model=model, datamodule=datamodule)
-    optimised = {id(p) for group in engine.trainer.optimizers[0].param_groups for p in group["params"]}
+    optimiser = engine.trainer.optimizers[0]
+    assert type(optimiser) is torch.optim.AdamW
+    for group in optimiser.param_groups:  # the options given, and the original's betas
+        assert (group["betas"], group["weight_decay"], group["initial_lr"]) == ((0.9, 0.95), 0.02, 2e-3)
+    optimised = {id(p) for group in optimiser.param_groups for p in group["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert optimised == trainable
     head_module = model.model.llm_head
