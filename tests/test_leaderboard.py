@@ -228,3 +228,33 @@ def test_protocol_paper_reaches_anomalygpt_cells_and_their_accuracy_count(heads:
         config = leaderboard.parse_args(["--protocol", protocol, "--models", "AnomalyGPT-1shot", *llm])
         model = leaderboard.build_model("AnomalyGPT-1shot", config, "weave", 0).model
         assert [m.rule for m in model.evaluator.test_metrics if isinstance(m, AnswerAccuracy)] == [rule]
+
+
+def test_means_over_seeds_then_categories_by_hand() -> None:
+    """Per category: the mean over its ok seeds (a rerun's row replacing the first); per model: the mean over
+    the categories with an ok seed, the failed ones named in the status."""
+    config = leaderboard.LeaderboardConfig(models=["M"], categories=["a", "b", "c"], seeds=[0, 1])
+
+    def row(category: str, seed: int, status: str = "ok", **metrics: float) -> dict[str, str]:
+        return {"model": "M", "category": category, "seed": str(seed), "status": status, "notes": "n"} | {
+            key: str(value) for key, value in metrics.items()
+        }
+
+    rows = [
+        row("a", 0, image_AUROC=0.1, pixel_AUROC=0.5),  # replaced by the rerun below
+        row("a", 0, image_AUROC=0.6, pixel_AUROC=0.9),
+        row("a", 1, image_AUROC=0.8, pixel_AUROC=0.7),
+        row("b", 0, image_AUROC=0.9, pixel_AUROC=0.95),
+        row("b", 1, status="failed: out of memory"),
+        row("c", 0, status="failed: boom"),
+        row("c", 1, status="failed: boom"),
+    ]
+    summary = {entry["category"]: entry for entry in leaderboard.summarise(rows, config)}
+    assert summary["a"]["image_AUROC"] == pytest.approx(0.7)
+    assert summary["a"]["pixel_AUROC"] == pytest.approx(0.8)
+    assert summary["b"]["image_AUROC"] == pytest.approx(0.9)
+    assert summary["b"]["status"] == "ok (1/2 seeds)"
+    assert summary["c"]["image_AUROC"] is None
+    assert summary["**mean**"]["image_AUROC"] == pytest.approx((0.7 + 0.9) / 2)
+    assert summary["**mean**"]["pixel_AUROC"] == pytest.approx((0.8 + 0.95) / 2)
+    assert summary["**mean**"]["status"] == "ok (2/3 categories)"
