@@ -31,9 +31,11 @@ REAL_SIZES = ((900, 900), (768, 1024), (1024, 768))  # (height, width)
 # then conversion), the second to an ONNX file, which runs through OpenVINO's runtime as well.
 CASES = [(2, "crop"), (0, "squash")]
 KINDS = {(2, "crop"): ("torch", "openvino"), (0, "squash"): ("torch", "onnx")}
-# What anomalib evaluated vs what the exported graph computes: the graph's resampling weights are float32
-# where evaluation's are float64, so under 0.1 % of the pixels may move by one grey level before the encoder.
-EXPORT_BOUND = 1e-2
+# What anomalib evaluated vs what the exported graph computes (the README's figures): the graph's resampling
+# weights are float32 where evaluation's are float64, so under 0.1 % of the pixels may move by one grey level
+# before the encoder.
+MAP_BOUND = 5e-3  # measured: up to 3.9e-3 (768 x 1024, squash, ONNX)
+SCORE_BOUND = 1e-3  # measured: up to 6.4e-4 (the same image; post-processing scales by 1 / (max - min))
 # The torch export runs the very module Engine ran, eagerly: only summation order may differ.
 TORCH_BOUND = 1e-5
 # OpenVINO on CPUs with AMX or AVX512-BF16 runs bf16 unless told otherwise; every compile here says f32.
@@ -101,7 +103,7 @@ def test_predictions_cover_every_real_size(exported: dict[str, Any]) -> None:
 
 
 def test_exported_graph_gives_engine_predictions(exported: dict[str, Any]) -> None:
-    """One file, any height and width, both resize modes: Engine.predict's maps and scores within 1e-2."""
+    """One file, any height and width, both resize modes: Engine.predict's maps within 5e-3, scores within 1e-3."""
     import openvino
 
     graphs = {kind: path for kind, path in exported["files"].items() if kind != "torch"}
@@ -109,12 +111,31 @@ def test_exported_graph_gives_engine_predictions(exported: dict[str, Any]) -> No
     for kind, path in graphs.items():
         compiled = openvino.Core().compile_model(str(path), "CPU", F32)
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
-        for name, (expected_map, expected_score) in exported["predictions"].items():
+        for name, expected in exported["predictions"].items():
             outputs = compiled(_image(exported["folder"] / name).numpy())
             by_name = {output.get_any_name(): outputs[output] for output in compiled.outputs}
-            assert by_name["anomaly_map"].shape == (1, 1, 224, 224)
-            assert np.abs(by_name["anomaly_map"][0, 0] - expected_map.numpy()).max() < EXPORT_BOUND, (kind, name)
-            assert abs(float(by_name["pred_score"].reshape(-1)[0]) - float(expected_score)) < EXPORT_BOUND, (kind, name)
+            _assert_within_bounds(by_name["anomaly_map"], by_name["pred_score"], expected, (kind, name))
+
+
+def test_onnx_file_through_onnxruntime_gives_engine_predictions(exported: dict[str, Any]) -> None:
+    """The ONNX file as another runtime reads it (onnxruntime's CPU provider, float32 throughout)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = exported["files"].get("onnx")
+    if path is None:
+        pytest.skip("this case exports to OpenVINO")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    for name, expected in exported["predictions"].items():
+        image = _image(exported["folder"] / name).numpy()
+        by_name = dict(zip(names, session.run(None, {session.get_inputs()[0].name: image}), strict=True))
+        _assert_within_bounds(by_name["anomaly_map"], by_name["pred_score"], expected, ("onnxruntime", name))
+
+
+def _assert_within_bounds(anomaly_map: np.ndarray, score: np.ndarray, expected: tuple, where: tuple) -> None:
+    expected_map, expected_score = expected
+    assert anomaly_map.shape == (1, 1, 224, 224), where
+    assert np.abs(anomaly_map[0, 0] - expected_map.numpy()).max() <= MAP_BOUND, where
+    assert abs(float(score.reshape(-1)[0]) - float(expected_score)) <= SCORE_BOUND, where
 
 
 def test_torch_export_gives_engine_predictions(exported: dict[str, Any]) -> None:
@@ -151,5 +172,5 @@ def test_graph_pre_processing_follows_evaluation_within_a_grey_level(real_size_i
     for image_path in sorted(real_size_images.glob("*.png")):
         image = _image(image_path)
         levels = np.abs(compiled(image.numpy())[0] - resize_like_pil(image, 224, crop=True).numpy()) * 255
-        assert levels.max() < 2.01, image_path.name
-        assert (levels > 0.5).mean() < 2e-3, image_path.name
+        assert levels.max() < 1.01, image_path.name  # one grey level
+        assert (levels > 0.5).mean() < 1e-3, image_path.name  # under 0.1 % of the pixels
