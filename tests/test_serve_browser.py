@@ -210,6 +210,7 @@ class Page:
 class Server(NamedTuple):
     url: str
     log: Path
+    pid: int
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +231,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ]
     process, url = start_server(options, log, timeout=90)
     try:
-        yield Server(url, log)
+        yield Server(url, log, process.pid)
     finally:
         stop_server(process)
+
+
+def test_the_server_listens_on_loopback_only(server: Server) -> None:
+    """Every listening socket of the real ``serve`` process and its children, as the OS reports them."""
+    import psutil
+
+    process = psutil.Process(server.pid)
+    listening = [
+        connection.laddr
+        for member in [process, *process.children(recursive=True)]
+        for connection in member.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    assert listening, "the server listens somewhere"
+    assert urlparse(server.url).port in {address.port for address in listening}
+    assert {address.ip for address in listening} <= {"127.0.0.1", "::1"}, listening
 
 
 def test_upload_analyse_and_follow_up_in_a_browser(server: Server, browser: Any, tmp_path: Path) -> None:
