@@ -216,6 +216,26 @@ def test_answer_loss_is_the_causal_lm_loss_on_answers_of_different_lengths(expla
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
 
 
+def test_lora_drops_out_while_training_only(explainer: AnomalyGPT) -> None:
+    """PandaGPT's LoRA dropout 0.1: a training-mode forward varies from call to call, an eval one never."""
+    from peft.tuners.lora import LoraLayer
+
+    llm = explainer.model.llm_head.llm
+    layers = [module for module in llm.modules() if isinstance(module, LoraLayer)]
+    assert layers
+    assert {layer.lora_dropout["default"].p for layer in layers} == {0.1}
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    try:
+        llm.train()
+        torch.manual_seed(0)
+        first, second = llm(input_ids=ids).logits, llm(input_ids=ids).logits
+        assert not torch.equal(first, second)
+        llm.eval()
+        assert torch.equal(llm(input_ids=ids).logits, llm(input_ids=ids).logits)
+    finally:
+        llm.eval()
+
+
 def test_merged_lora_gives_the_same_answers(weights: dict[str, Any], expected: dict[str, Any]) -> None:
     model = make_model(
         **weights,

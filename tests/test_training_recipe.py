@@ -292,7 +292,9 @@ def test_paper_training_configs_are_the_originals_recipe(
     training = model["training"]
     assert training["trainable"] == ["decoder", "prompt_learner"]
     assert (training["learning_rate"], training["weight_decay"], training["warmup_ratio"]) == (1e-3, 1e-3, 0.1)
-    assert training["instruction_data"] is None  # the user's own copy, when they have one
+    assert training["instruction_data"] == "pandagpt4_visual_instruction_data.json"  # part of the recipe
+    assert model["protocol"] == "paper"  # testing the trained model follows the paper's rules
+    assert model["inference"]["llm_dtype"] == "auto_fp16"  # fp16 on GPU under 16-mixed
     data = printed["data"]
     assert data["class_path"] == "anomalib_agpt.data.MultiCategory"  # one model for all classes
     assert (data["init_args"]["dataset"], data["init_args"]["categories"]) == (dataset, None)
@@ -316,6 +318,7 @@ def test_paper_training_config_runs_one_step_on_cpu_and_its_checkpoint_tests_per
         f"--model.weights.llm={HEAD['llm']}",
         f"--model.weights.pandagpt_checkpoint={HEAD['pandagpt_checkpoint']}",
         f"--model.training.instruction_data={instruction_json}",
+        f"--model.training.instruction_images={image.parent}",
         "--trainer.precision=32",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
@@ -361,7 +364,9 @@ def test_paper_training_config_runs_one_step_on_cpu_and_its_checkpoint_tests_per
         ]
     )
     tested._run_subcommand()
-    assert tested.model.model.class_name == CATEGORY
+    # protocol: paper tests as the original does: the class name from its fixed list, which lacks 'washer'
+    assert tested.model.protocol == "paper"
+    assert tested.model.model.class_name == "object"
     for key, value in tested.model.model.decoder.state_dict().items():
         torch.testing.assert_close(value, trained_decoder[key], rtol=0, atol=0)
         assert not torch.equal(value, untrained[key])  # the trained weights, not the seeded fresh ones

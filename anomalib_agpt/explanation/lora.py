@@ -16,6 +16,8 @@ _LORA_KEY = re.compile(
     r"\.(?P<part>lora_[AB])(?:\.default)?\.weight$",
 )
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_DROPOUT = 0.1
+"""PandaGPT's LoRA dropout: active only in training mode (inference, eval mode, never drops)."""
 
 
 def split_pandagpt_delta(
@@ -42,9 +44,18 @@ def split_pandagpt_delta(
     return projection, lora
 
 
+def _inject_keeping_mode(config: object, llm: nn.Module) -> None:
+    """Inject peft's LoRA with its new modules (the dropouts) in the LLM's own mode: an eval LLM never drops out."""
+    from peft import inject_adapter_in_model
+
+    training = llm.training
+    inject_adapter_in_model(config, llm)
+    llm.train(training)
+
+
 def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, source: Path | str) -> None:
     """Put the PandaGPT LoRA on q/k/v/o of every layer with peft and load it strictly."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     ranks = {v.shape[0] for k, v in lora.items() if ".lora_A." in k}
     if len(ranks) != 1:
@@ -56,8 +67,8 @@ def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, 
     if some_a.shape[1] != hidden:
         msg = f"PandaGPT delta '{source}' holds LoRA for hidden size {some_a.shape[1]}; the LLM's is {hidden}."
         raise ckpt.CheckpointError(msg)
-    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-    inject_adapter_in_model(config, llm)
+    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=LORA_DROPOUT, target_modules=list(LORA_TARGETS))
+    _inject_keeping_mode(config, llm)
     own = {k.replace(".default.", "."): k for k in llm.state_dict() if ".lora_" in k}
     missing, unexpected = set(own) - set(lora), set(lora) - set(own)
     if missing or unexpected:
@@ -79,10 +90,10 @@ def attach_lora(llm: nn.Module, lora: Mapping[str, torch.Tensor], scale: float, 
 
 def attach_fresh_lora(llm: nn.Module, rank: int, scale: float) -> None:
     """A new LoRA on q/k/v/o (B = 0, so the LLM starts unchanged) for training a small LLM."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
-    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-    inject_adapter_in_model(config, llm)
+    config = LoraConfig(r=rank, lora_alpha=rank * scale, lora_dropout=LORA_DROPOUT, target_modules=list(LORA_TARGETS))
+    _inject_keeping_mode(config, llm)
     llm.requires_grad_(False)
 
 
