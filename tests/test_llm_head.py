@@ -332,3 +332,33 @@ def test_untrained_head_parts_start_fresh_without_training(weights: dict[str, An
     again = make_model(**weights, llm=str(VICUNA), explain=True, untrained_head_parts=["llama_proj"])
     # fresh parts come from the head's seed: the same model twice
     torch.testing.assert_close(again.model.ensure_llm_head().llama_proj.weight, head.llama_proj.weight)
+
+
+def test_a_map_sensitive_prompt_learner_reads_zero_from_a_normal_map() -> None:
+    """For another LLM the prompt learner starts map-sensitive: zero tokens for an all-normal map, tokens of a
+    word embedding's size for a defect's blob, all from the map (the default init's biases swamp it)."""
+    from anomalib_agpt.explanation.prompt_learner import PromptLearner
+
+    torch.manual_seed(0)
+    normal, defect = torch.zeros(1, 1, 224, 224), torch.zeros(1, 1, 224, 224)
+    defect[..., 100:120, 60:80] = 0.5
+    with torch.no_grad():
+        sensitive = PromptLearner.fresh(64, map_sensitive=True)
+        assert torch.equal(sensitive(normal)[0, 9:], torch.zeros(9, 64))
+        tokens = sensitive(defect)[0, 9:]
+        assert 1.0 < float(tokens.norm(dim=-1).max()) < 100.0
+        default = PromptLearner.fresh(64)
+        normal_tokens, defect_tokens = default(normal)[0, 9:], default(defect)[0, 9:]
+        change = (defect_tokens - normal_tokens).norm(dim=-1).max() / normal_tokens.norm(dim=-1).min()
+        assert float(change) < 0.5  # the default init: the same tokens, nearly, whatever the map
+
+
+def test_the_original_setting_keeps_the_default_init(weights: dict[str, Any]) -> None:
+    """With the PandaGPT delta (Vicuna, the original's training) a from-scratch prompt learner is PyTorch's."""
+    towers = {key: value for key, value in weights.items() if key != "anomalygpt_checkpoint"}  # from scratch
+    model = make_model(
+        **towers, llm=str(VICUNA), pandagpt_checkpoint=str(PANDAGPT_DELTA), trainable=["decoder", "prompt_learner"]
+    )
+    model.prepare(load_llm=True)
+    convolutions = [m for m in model.model.llm_head.prompt_learner.meta_net if isinstance(m, torch.nn.Conv2d)]
+    assert all(float(conv.bias.abs().max()) > 0 for conv in convolutions)

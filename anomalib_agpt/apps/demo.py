@@ -32,8 +32,10 @@ DEMO_QUESTION = "Is there any anomaly in the image?"
 TRAINED = "AnomalyGPT-fullshot"
 """The trained model's leaderboard name (full-shot: it learns from every normal training image)."""
 DEMO_EPOCHS = 5
-TRAIN_BATCH_SIZE = 2
-"""Two normal images a step (each with its synthetic twin): twice the decoder's steps for the same LLM work.
+TRAIN_BATCH_SIZE = 1
+"""One normal image a step (with its synthetic twin): 60 steps over 5 epochs for the same LLM work as 30 of two.
+With 30 the decoder's held-out maps varied by seed (tablet pixel AUROC 0.94) and the head answered every image
+alike; with 60 the tablet map reaches 0.99 and the answers follow the map.
 
 The answer loss costs the demo's time (SmolLM2's forward and backward on every sequence, 80 % of a step on a
 CPU): it grows with the images seen, the decoder learns with the steps taken (see the README's demo profile)."""

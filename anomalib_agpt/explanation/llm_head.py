@@ -83,7 +83,8 @@ def _prompt_learner(
         ckpt.load_strict(prompt_learner, prompt_state, f"AnomalyGPT delta '{source}' (prompt_learner)")
         return prompt_learner
     if "prompt_learner" in spec.fresh_parts:
-        return PromptLearner.fresh(hidden)
+        # without the PandaGPT delta the LLM is another one than the original's: a map-sensitive start
+        return PromptLearner.fresh(hidden, map_sensitive=spec.pandagpt_checkpoint is None)
     width = width or "no"
     msg = (
         f"AnomalyGPT delta '{source}' makes prompts of width {width}; the LLM '{folder}' has hidden size {hidden}. "
