@@ -11,31 +11,17 @@ in fp32 (expected ~2x). Last line is the figure.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from _setup import FIXTURES
 
-CHILD = """
-import json, re, sys, pathlib, psutil, torch
-from anomalib_agpt.explanation.llm_loading import load_llm
-load_llm(pathlib.Path(sys.argv[3]), torch.float32)  # warm-up: transformers imports its model code lazily
-before = psutil.Process().memory_info().rss
-model = load_llm(__import__('pathlib').Path(sys.argv[1]), getattr(torch, sys.argv[2]))
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork + exec
-peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-print(json.dumps({"added": peak - before, "params": sum(p.numel() for p in model.parameters())}))
-"""
+from tests.memory_probe import LLM_LOAD, added_by
 
 
 def load_cost(folder: Path, dtype: str) -> dict:
     """Bytes a load adds in a fresh process (imports and a tiny warm-up load done before measuring)."""
-    command = [sys.executable, "-c", CHILD, str(folder), dtype, str(FIXTURES / "vicuna")]
-    output = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(output.stdout.strip().splitlines()[-1])
+    return added_by(LLM_LOAD, folder, dtype, FIXTURES / "vicuna")
 
 
 def main() -> None:
@@ -53,10 +39,9 @@ def main() -> None:
         half = load_cost(llm, "float16")
         full = load_cost(llm, "float32")
     print(f"LLM: {half['params'] / 1e6:.0f}M parameters, fp16 file {file_bytes / 2**20:.0f} MiB")
-    print(f"load in fp32: adds {full['added'] / 2**20:.0f} MiB = {full['added'] / file_bytes:.2f}x the file")
-    print(
-        f"LLM load in fp16 adds {half['added'] / 2**20:.0f} MiB = {half['added'] / file_bytes:.2f}x its fp16 file size"
-    )
+    print(f"load in fp32: adds {full['peak_added'] / 2**20:.0f} MiB = {full['peak_added'] / file_bytes:.2f}x the file")
+    added = half["peak_added"]
+    print(f"LLM load in fp16 adds {added / 2**20:.0f} MiB = {added / file_bytes:.2f}x its fp16 file size")
 
 
 if __name__ == "__main__":
