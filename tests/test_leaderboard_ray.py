@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason=
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"num_train": 4, "num_test_good": 2, "num_test_defect": 1, "image_size": 64}
 MODELS = ["AnomalyGPT-0shot", "AnomalyGPT-1shot"]
+TRAINED = ["AnomalyGPT-fullshot", "Patchcore"]  # cells that fit: training steps and a coreset, seeded
+COMPARED = MODELS + TRAINED
 CATEGORIES = ["weave"]  # two cells at once on the 2-CPU instance; each cell's row is checked on its own
 FAULTY_CELL = "tests.ray_helpers:faulty_cell"
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
@@ -89,7 +92,8 @@ def ray_instance() -> Iterator[None]:
 def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict[Key, dict[str, str]]:
     """The rows of the small leaderboard run one cell after another in this process."""
     output = tmp_path_factory.mktemp("sequential")
-    leaderboard.run_leaderboard(_config(output, MODELS, executor="local"), show_outputs=False)
+    with _threads(1):  # as each Ray cell runs (--cell-cpus 1): the same summation order
+        leaderboard.run_leaderboard(_config(output, COMPARED, executor="local"), show_outputs=False)
     return _rows(output)
 
 
@@ -97,13 +101,26 @@ def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict[Key, dict[str, 
 def parallel(ray_instance: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of the same leaderboard run as Ray tasks."""
     output = tmp_path_factory.mktemp("parallel")
-    leaderboard.run_leaderboard(_config(output, MODELS), show_outputs=False)
+    leaderboard.run_leaderboard(_config(output, COMPARED), show_outputs=False)
     return output
 
 
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_ray_cells_give_the_sequential_rows(sequential: dict[Key, dict[str, str]], parallel: Path) -> None:
+    """Every cell's row, trained ones included (a decoder's steps, Patchcore's coreset), equals its sequential row."""
     rows = _rows(parallel)
-    assert set(rows) == set(sequential) == {(m, c, "0") for m in MODELS for c in CATEGORIES}
+    assert set(rows) == set(sequential) == {(m, c, "0") for m in COMPARED for c in CATEGORIES}
     for key, row in rows.items():
         assert row["status"] == sequential[key]["status"] == "ok", key
         assert row["notes"] == sequential[key]["notes"]
