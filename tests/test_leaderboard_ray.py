@@ -179,8 +179,9 @@ def test_resume_runs_only_missing_cells_with_either_executor(
 ) -> None:
     output = tmp_path / "resumed"
     output.mkdir()
-    shutil.copy(parallel / "results.csv", output)  # the data is made again; the runs are not needed
-    lines = (output / "results.csv").read_text().splitlines(keepends=True)
+    # the zero- and one-shot cells of the Ray run (the data is made again; the runs are not needed)
+    header, *cells = (parallel / "results.csv").read_text().splitlines(keepends=True)
+    lines = [header, *(line for line in cells if line.split(",", 1)[0] in MODELS)]
     (output / "results.csv").write_text("".join(lines[:-1]))  # the last cell is missing
     missing = next(csv.DictReader(lines[:1] + lines[-1:]))
     monkeypatch.setattr(ray_executor, "CELL", FAULTY_CELL)  # counts the cells that run
@@ -188,7 +189,7 @@ def test_resume_runs_only_missing_cells_with_either_executor(
     leaderboard.run_leaderboard(_config(output, MODELS), show_outputs=False)
     ran = sorted(path.name for path in (output / "attempts").iterdir())
     assert ran == [attempts_file(output, missing["model"], missing["category"], 0).name]
-    assert set(_rows(output)) == set(_rows(parallel))
+    assert set(_rows(output)) == {key for key in _rows(parallel) if key[0] in MODELS}
     assert _row_count(output) == len(lines) - 1
     assert {row["status"] for row in _rows(output).values()} == {"ok"}
     printed = capsys.readouterr().out
