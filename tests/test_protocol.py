@@ -298,7 +298,9 @@ def test_paper_ground_truth_reaches_the_test_batches(
         engine = Engine(
             logger=False, devices=1, callbacks=[kept], enable_progress_bar=False, default_root_dir=Path(".")
         )
-        engine.test(model=make_model(**weights, protocol=name), datamodule=datamodule(twenty_train_images))
+        # a worker process: it copies the dataset when the test loop starts, before the evaluation hooks run
+        data = MVTecAD(root=twenty_train_images, category=CATEGORY, eval_batch_size=4, num_workers=1)
+        engine.test(model=make_model(**weights, protocol=name), datamodule=data)
         masks[name] = kept.masks
     defect = next(path for path in masks["paper"] if "/good/" not in path)
     mask_file = (

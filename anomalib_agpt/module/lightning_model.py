@@ -299,17 +299,20 @@ class AnomalyGPT(LeanCheckpoints, FittingHooks, DatasetContext, AnomalibModule):
             decoding = protocol_choices.decoding(self.protocol, family, **self._decoding(self.explanation_options))
             self.model.generation = decoding.as_generate_kwargs()
         self.model.set_class_name(self._class_name_from_context())
-        self._set_mask_rule(protocol_choices.mask_threshold(self.protocol, family))
         if self.few_shot_options.k_shot and self.model.num_reference_images == 0:
             self.model.set_references(self._reference_images())
         if load_llm:
             self._load_head()
 
-    def _set_mask_rule(self, threshold: float | None) -> None:
-        """``protocol='paper'``: the ground-truth masks follow the original's rule (see ``ClipResize``).
+    def setup(self, stage: str) -> None:
+        """Training's set-up (:class:`FittingHooks`), and under ``protocol='paper'`` the original's mask rule.
 
-        The datamodule resizes with the pre-processor's own resize object, so this reaches the dataset too.
+        The mask rule is set here, before any loop starts its dataloader workers (they copy the dataset
+        when they start; the evaluation hooks run after that): the datamodule resizes masks with the
+        pre-processor's own resize object.
         """
+        super().setup(stage)
+        threshold = protocol_choices.mask_threshold(self.protocol, dataset_family(self._datamodule()))
         if threshold is None or self.pre_processor is None:
             return
         for step in extract_transforms_by_type(self.pre_processor.transform, ClipResize):
