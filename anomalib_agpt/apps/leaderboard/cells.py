@@ -50,21 +50,19 @@ IMAGE_SCORES = "image_scores.csv"
 
 
 def image_score_recorder(path: Path) -> Any:  # noqa: ANN401
-    """A Lightning callback that writes each tested image's raw score to ``path`` when the test ends.
+    """A :class:`RawScoreKeeper` that also writes each tested image's raw score to ``path`` when the test ends.
 
-    A Trainer callback runs before the model's post-processor, so the scores are the raw ones the
-    threshold-free metrics read; the file is written whole and renamed into place (never half a file).
+    As a Trainer callback it runs before any model's post-processor, so every model's threshold-free
+    metrics read raw values; the file is written whole and renamed into place (never half a file).
     """
-    from lightning.pytorch import Callback
+    from anomalib_agpt.callbacks.raw_scores import RAW_FIELDS, RawScoreKeeper
 
-    from anomalib_agpt.callbacks.raw_scores import RAW_FIELDS, keep_raw_scores
-
-    class ImageScoreRecorder(Callback):
+    class ImageScoreRecorder(RawScoreKeeper):
         def __init__(self) -> None:
             self.rows: list[tuple[str, int, float]] = []
 
         def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
-            keep_raw_scores(outputs)
+            super().on_test_batch_end(trainer, pl_module, outputs, *args, **kwargs)
             scores = getattr(outputs, RAW_FIELDS["pred_score"]).reshape(-1).tolist()
             labels = outputs.gt_label.reshape(-1).int().tolist()
             self.rows.extend(zip(outputs.image_path, labels, scores, strict=True))
@@ -197,8 +195,6 @@ def _fit_and_test(
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_agpt.callbacks.raw_scores import RawScoreKeeper
-
     seed_everything(seed, verbose=False)
     built = build_model(name, config, category, seed)
     row["notes"] = built.notes
@@ -217,7 +213,7 @@ def _fit_and_test(
         devices=config.devices,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer, RawScoreKeeper(), image_score_recorder(run_folder / IMAGE_SCORES)],
+        callbacks=[timer, image_score_recorder(run_folder / IMAGE_SCORES)],
         **trainer,
     )
     rss_before = _vm_kib("VmRSS") if _reset_peak_rss() else _vm_kib("VmHWM")
